@@ -1,0 +1,47 @@
+"""The algorithm contract.
+
+An algorithm is built from a denoiser ``net(x, sigma)`` (with ``shape``, ``sigma_min``,
+``sigma_max``) and a forward operator, plus its hyperparameters. ``inference(observation,
+num_samples, rng)`` returns ``num_samples`` normalized reconstructions per observed item, as
+(B * num_samples, C, H, W) in item-major order. All randomness comes from ``rng`` (one stream per
+item, see utils/rng.py); never from the global RNG.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+
+from inverse_problems.base import Observation, require_capabilities
+from utils.rng import ALGORITHM, BatchRNG
+
+
+class Algo(ABC):
+    #: Operator capabilities the algorithm needs (inverse_problems/base.py).
+    requires: frozenset[str] = frozenset()
+
+    def __init__(self, net, forward_op):
+        require_capabilities(self.requires, forward_op, type(self).__name__)
+        self.net = net
+        self.forward_op = forward_op
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.net.shape)
+
+    def sample_rng(self, observation: Observation, num_samples: int, rng: BatchRNG | None):
+        """One stream per output row (item-major); a default seed-0 RNG when none is given."""
+        if rng is None:
+            rng = BatchRNG.for_items(
+                0, range(observation.batch), ALGORITHM, device=observation.y.device
+            )
+        if len(rng) != observation.batch:
+            raise ValueError(f"rng has {len(rng)} streams for {observation.batch} items")
+        return rng.expand(num_samples)
+
+    @abstractmethod
+    def inference(
+        self, observation: Observation, num_samples: int = 1, rng: BatchRNG | None = None
+    ) -> torch.Tensor:
+        """Normalized reconstructions, (observation.batch * num_samples, C, H, W)."""

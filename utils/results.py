@@ -1,0 +1,126 @@
+"""The run record: per-item result files, metrics.csv, summary.json, and the summary table.
+
+``result_<id>.pt`` keeps the reference's keys -- ``observation`` (the measurement tensor),
+``recon`` (N, C, H, W) and ``target`` (1, C, H, W) in physical units -- plus ``physics`` (the
+item's per-item operator parameters) and ``compute``. Everything is a plain tensor or number, so
+``torch.load(weights_only=True)`` reads it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+
+from inverse_problems.base import Observation
+from utils.io import atomic_torch_save
+
+COMPUTE_COLUMNS = ["nfe", "op_forward", "op_gradient", "seconds", "peak_mb"]
+# Keys that change how a run is executed but not its results.
+RUN_ONLY_KEYS = (
+    "batch_size",
+    "device",
+    "overwrite",
+    "inference",
+    "wandb",
+    "compile",
+    "tf32",
+    "progress",
+)
+
+
+def result_path(exp_dir: Path, item_id: int) -> Path:
+    return Path(exp_dir) / f"result_{item_id}.pt"
+
+
+def save_result(path, observation: Observation, recon, target, compute: dict) -> None:
+    state = observation.state_dict()
+    atomic_torch_save(
+        {
+            "observation": state["y"],
+            "physics": state["physics"],
+            "recon": recon.detach().cpu(),
+            "target": target.detach().cpu(),
+            "compute": dict(compute),
+        },
+        path,
+    )
+
+
+def load_result(path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no saved result at {path}; run with inference=true first (inference=false only "
+            "evaluates results that exist)"
+        )
+    res = torch.load(path, map_location="cpu", weights_only=True)
+    obs = res["observation"]
+    res["observation"] = Observation(
+        obs if torch.is_tensor(obs) else torch.as_tensor(obs), res.get("physics", {})
+    )
+    return res
+
+
+def collate(items: list[dict]) -> dict:
+    """Stack the tensors of dataset items (dicts) along a new batch dimension."""
+    out = {}
+    for key, value in items[0].items():
+        if torch.is_tensor(value):
+            out[key] = torch.stack([it[key] for it in items])
+        elif isinstance(value, (int, float, np.ndarray)):
+            out[key] = torch.stack([torch.as_tensor(it[key]) for it in items])
+    return out
+
+
+def summarize(rows: list[dict], names: list[str]) -> dict[str, float]:
+    """``{name: mean, name_std: std}`` over rows, in row order."""
+    out: dict[str, float] = {}
+    for name in names:
+        vals = np.asarray([r[name] for r in rows if name in r], dtype=np.float64)
+        if len(vals):
+            out[name] = float(vals.mean())
+            out[f"{name}_std"] = float(vals.std())
+    return out
+
+
+def summary_table(summary: dict[str, float], names: list[str], title: str) -> str:
+    width = max([len(n) for n in names] + [6])
+    lines = [title, f"{'metric':<{width}}  {'mean':>12}  {'std':>12}", "-" * (width + 28)]
+    for n in names:
+        if n in summary:
+            lines.append(f"{n:<{width}}  {summary[n]:>12.6g}  {summary[n + '_std']:>12.6g}")
+    return "\n".join(lines)
+
+
+def result_config(config) -> dict:
+    """The part of the resolved config that determines the results."""
+    cfg = OmegaConf.to_container(config, resolve=True)
+    for k in RUN_ONLY_KEYS:
+        cfg.pop(k, None)
+    return cfg
+
+
+def check_same_experiment(exp_dir: Path, config) -> None:
+    """Refuse to mix results of different settings in one experiment folder."""
+    saved = Path(exp_dir) / "config.yaml"
+    if not saved.is_file() or config.overwrite:
+        return
+    old = result_config(OmegaConf.load(saved))
+    new = result_config(config)
+    if old != new:
+        diff = sorted(_diff_keys(old, new))
+        raise ValueError(
+            f"{exp_dir} holds results of a different configuration (differs at {diff[:8]}). "
+            "Use another exp_name=..., or overwrite=true to recompute everything."
+        )
+
+
+def _diff_keys(a, b, prefix=""):
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in set(a) | set(b):
+            yield from _diff_keys(a.get(k), b.get(k), f"{prefix}{k}.")
+    elif a != b:
+        yield prefix.rstrip(".")
