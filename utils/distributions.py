@@ -12,6 +12,7 @@ follows EDM: x_sigma = x_0 + sigma * eps. Formulas: ../shared/reference/exact-po
 from __future__ import annotations
 
 import math
+from functools import cached_property
 
 import torch
 
@@ -47,11 +48,36 @@ class GaussianMixture:
             raise ValueError(f"covs must be ({d}, {d}) or (K, {d}, {d}), got {tuple(covs.shape)}")
         self.covs = 0.5 * (covs + covs.mT)
         self.weights = self.weights / self.weights.sum()
+
+    # Factorizations are computed on first use (an eigendecomposition for densities and the
+    # denoiser, a Cholesky factor for sampling), so building a posterior only to sample from it
+    # or read its moments costs no eigendecomposition.
+    @cached_property
+    def _eig(self):
         evals, evecs = torch.linalg.eigh(self.covs)  # (K', d), (K', d, d)
-        self.evals = evals.clamp_min(0.0)
-        self.evecs = evecs
-        # Means in each component's eigenbasis: (K, d).
-        self.means_eig = torch.einsum("kji,kj->ki", self._per_component(self.evecs), self.means)
+        means_eig = torch.einsum("kji,kj->ki", self._per_component(evecs), self.means)
+        return evals.clamp_min(0.0), evecs, means_eig
+
+    @property
+    def evals(self) -> torch.Tensor:
+        return self._eig[0]
+
+    @property
+    def evecs(self) -> torch.Tensor:
+        return self._eig[1]
+
+    @property
+    def means_eig(self) -> torch.Tensor:
+        """Means in each component's eigenbasis, (K, d)."""
+        return self._eig[2]
+
+    @cached_property
+    def _sqrt_cov(self) -> torch.Tensor:
+        """A factor L with L L^T = Sigma_k, (K', d, d): Cholesky, or eigh for singular Sigma_k."""
+        L, info = torch.linalg.cholesky_ex(self.covs)
+        if torch.any(info != 0):
+            L = self.evecs * self.evals.sqrt().unsqueeze(-2)
+        return L
 
     @property
     def dim(self) -> int:
@@ -65,6 +91,8 @@ class GaussianMixture:
         return t.expand(self.num_components, *t.shape[1:]) if self.tied else t
 
     def to(self, device) -> GaussianMixture:
+        if torch.device(device) == self.means.device:
+            return self
         covs = self.covs[0] if self.tied else self.covs
         return GaussianMixture(self.weights, self.means, covs, device=device)
 
@@ -123,9 +151,8 @@ class GaussianMixture:
         k = torch.multinomial(w, n, replacement=True, generator=generator)
         eps = torch.randn(n, self.dim, generator=generator, dtype=_F64)
         k, eps = k.to(self.means.device), eps.to(self.means.device)
-        scaled = eps * self.evals.sqrt()[0 if self.tied else k]
-        vecs = self.evecs[0] if self.tied else self.evecs[k]
-        noise = scaled @ vecs.T if self.tied else torch.einsum("bij,bj->bi", vecs, scaled)
+        L = self._sqrt_cov
+        noise = eps @ L[0].T if self.tied else torch.einsum("bij,bj->bi", L[k], eps)
         return self.means[k] + noise
 
     # -- linear-Gaussian posterior ---------------------------------------------------------------
@@ -204,6 +231,8 @@ class StationaryGaussianField:
         return self.spectrum.numel()
 
     def to(self, device) -> StationaryGaussianField:
+        if torch.device(device) == self.spectrum.device:
+            return self
         return StationaryGaussianField(self.spectrum, device=device)
 
     def _apply(self, x: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:

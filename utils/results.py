@@ -100,6 +100,8 @@ def result_config(config) -> dict:
     cfg = OmegaConf.to_container(config, resolve=True)
     for k in RUN_ONLY_KEYS:
         cfg.pop(k, None)
+    # Which items are solved does not change any item's result.
+    cfg.get("problem", {}).get("data", {}).pop("id_list", None)
     return cfg
 
 

@@ -1,0 +1,26 @@
+"""Shared fixtures: Hydra composition of the run config with results under a temporary folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+CONFIGS = str(Path(__file__).resolve().parents[1] / "configs")
+
+os.environ.setdefault("WANDB_MODE", "disabled")
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def make_config(overrides: list[str], exp_dir: Path | None = None):
+    with initialize_config_dir(config_dir=CONFIGS, version_base="1.3"):
+        extra = [f"problem.exp_dir={exp_dir}"] if exp_dir is not None else []
+        return compose("config", overrides=["progress=false", *extra, *overrides])
+
+
+@pytest.fixture
+def config_factory(tmp_path):
+    return lambda overrides, exp_dir=tmp_path: make_config(overrides, exp_dir)
