@@ -16,8 +16,8 @@ from models.analytic import AnalyticPrior
 from training.exact import LinearGMMProblems
 from utils.distributions import grid_gmm, matern_field
 from utils.metrics import random_directions, sliced_wasserstein
-from utils.rng import BatchRNG
 from utils.results import collate
+from utils.rng import BatchRNG
 
 VP = {"schedule": "vp", "timestep": "vp", "scaling": "vp"}
 

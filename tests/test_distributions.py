@@ -309,7 +309,8 @@ def test_posterior_matches_importance_sampling(prior, A, noise_var, y):
     onehot = np.eye(len(w))[k]
     est_mass = wt @ onehot
     se_mass = np.sqrt((wt[:, None] ** 2 * (onehot - est_mass) ** 2).sum(0))
-    np.testing.assert_array_less(np.abs(post.weights.numpy() - est_mass), 5 * se_mass + 1e-12)
+    # 1e-6: masses that small are below what 4e5 draws resolve (the delta-method SE breaks down).
+    np.testing.assert_array_less(np.abs(post.weights.numpy() - est_mass), 5 * se_mass + 1e-6)
     assert post.weights.max() < 0.95  # the case really tests the mixing weights
 
 
@@ -425,7 +426,7 @@ def test_analytic_prior_shape_and_sample():
 
 
 def test_field_is_a_stationary_gaussian_field_instance():
-    """matern_field builds a StationaryGaussianField with a real, non-negative, symmetric spectrum."""
+    """matern_field gives a StationaryGaussianField with a positive spectrum symmetric in k."""
     f = matern_field(size=8)
     assert isinstance(f, StationaryGaussianField)
     spec = f.spectrum

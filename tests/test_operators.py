@@ -9,8 +9,8 @@ from inverse_problems.base import Observation
 from inverse_problems.linear import PixelSubsample, SVDLinear
 from training.exact import LinearGMMProblems, PixelGRFProblems
 from utils.distributions import grid_gmm, matern_field
-from utils.rng import BatchRNG
 from utils.results import collate
+from utils.rng import BatchRNG
 
 
 def _gmm_case():

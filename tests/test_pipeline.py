@@ -111,7 +111,7 @@ def test_unknown_group_choice(config_factory, override, missing):
 
 def test_missing_checkpoint_fails_before_work(config_factory, tmp_path):
     cfg = config_factory([*FAST, "problem.prior=/nonexistent/prior.pt"])
-    with pytest.raises(FileNotFoundError, match="/nonexistent/prior.pt"):
+    with pytest.raises(FileNotFoundError, match=r"/nonexistent/prior\.pt"):
         run(cfg)
     assert not list(tmp_path.rglob("result_*.pt"))
 

@@ -294,6 +294,17 @@ def test_euler_ode_vp_less_accurate_than_heun():
     assert _ode_rel_error(50, "euler", **VP) > 3 * _ode_rel_error(50, "heun", **VP)
 
 
+@pytest.fixture
+def single_thread():
+    """500 steps on (4000, 2) tensors: intra-op threads only add overhead (and thrash on a
+    loaded 2-core machine), so run single-threaded and restore the setting afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.mark.usefixtures("single_thread")
 @pytest.mark.parametrize("solver", ["euler", "heun"])
 def test_sde_sampler_matches_gaussian_prior(solver):
     """Reverse SDE (VP, 500 steps) samples have the prior's mean and std within MC error."""
