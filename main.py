@@ -132,24 +132,18 @@ def run(config: DictConfig) -> dict:
 
     forward_op, testset, algo, evaluator, counts = build(config, device)
     ids = [int(i) for i in testset.id_list]
-    if config.inference:
-        todo = [
-            k
-            for k, i in enumerate(ids)
-            if config.overwrite or not result_path(exp_dir, i).is_file()
-        ]
-        if len(todo) < len(ids):
-            log.info(f"resuming: {len(ids) - len(todo)} of {len(ids)} items already solved")
-    else:
-        todo = []
-        missing = [
-            str(result_path(exp_dir, i)) for i in ids if not result_path(exp_dir, i).is_file()
-        ]
-        if missing:
-            raise FileNotFoundError(
-                f"inference=false but {len(missing)} results are missing, "
-                f"e.g. {missing[0]}; run with inference=true"
-            )
+    saved = {i for i in ids if result_path(exp_dir, i).is_file()}
+    if not config.inference and len(saved) < len(ids):
+        missing = [str(result_path(exp_dir, i)) for i in ids if i not in saved]
+        raise FileNotFoundError(
+            f"inference=false but {len(missing)} results are missing, "
+            f"e.g. {missing[0]}; run with inference=true"
+        )
+    if config.overwrite and config.inference:
+        saved = set()
+    todo = [k for k, i in enumerate(ids) if i not in saved]  # positions in the test set
+    if saved:
+        log.info(f"resuming: {len(saved)} of {len(ids)} items already solved")
 
     rows: dict[int, dict] = {}
     metric_names: list[str] = []
@@ -168,7 +162,7 @@ def run(config: DictConfig) -> dict:
     ordered = lambda: [rows[i] for i in ids if i in rows]  # noqa: E731
     bar = tqdm(total=len(ids), desc="items", disable=not config.progress, file=sys.stdout)
     for item_id in ids:
-        if ids.index(item_id) not in todo:
+        if item_id in saved:
             record(item_id)
             bar.update(1)
     for start in range(0, len(todo), config.batch_size):

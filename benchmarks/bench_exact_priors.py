@@ -18,13 +18,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from algo.dps import DPS  # noqa: E402
-from inverse_problems.linear import SVDLinear  # noqa: E402
-from models.analytic import AnalyticPrior  # noqa: E402
-from training.exact import LinearGMMProblems  # noqa: E402
-from utils.distributions import grid_gmm, matern_field  # noqa: E402
-from utils.results import collate  # noqa: E402
-from utils.rng import BatchRNG  # noqa: E402
+from algo.dps import DPS
+from inverse_problems.linear import SVDLinear
+from models.analytic import AnalyticPrior
+from training.exact import LinearGMMProblems
+from utils.distributions import grid_gmm, matern_field
+from utils.results import collate
+from utils.rng import BatchRNG
 
 
 def timed(fn, repeats: int, device) -> float:
@@ -52,11 +52,11 @@ def denoiser_table(repeats: int, device) -> None:
             x = torch.randn(rows, *net.shape, device=device)
             sigma = torch.tensor(1.0, device=device)
 
-            def fwd():
+            def fwd(net=net, x=x, sigma=sigma):
                 with torch.no_grad():
                     net(x, sigma)
 
-            def vjp():
+            def vjp(net=net, x=x, sigma=sigma):
                 xr = x.clone().requires_grad_(True)
                 out = net(xr, sigma)
                 torch.autograd.grad(out, xr, torch.ones_like(out))
@@ -70,8 +70,12 @@ def dps_batch_table(repeats: int, device) -> None:
     gmm = grid_gmm(8)
     net, op = AnalyticPrior(gmm).to(device), SVDLinear(device=device)
     data = LinearGMMProblems(gmm, dim_y=4, num_items=8)
-    algo = DPS(net, op, {"num_steps": 100, "schedule": "vp", "timestep": "vp", "scaling": "vp"},
-               guidance_scale=1.0)
+    algo = DPS(
+        net,
+        op,
+        {"num_steps": 100, "schedule": "vp", "timestep": "vp", "scaling": "vp"},
+        guidance_scale=1.0,
+    )
     base = None
     print(f"{'items/batch':>12}{'s/item':>10}{'ratio to 1':>12}")
     for b in (1, 2, 4, 8):

@@ -66,12 +66,6 @@ def group_rows(x: torch.Tensor, batch: int) -> torch.Tensor:
     return x.reshape(batch, rows_per_item(x, batch), *x.shape[1:])
 
 
-def per_row(t: torch.Tensor, rows: int) -> torch.Tensor:
-    """Broadcast a per-item tensor (B, ...) to item-major rows (rows, ...)."""
-    n = rows // t.shape[0]
-    return t if n == 1 else t.repeat_interleave(n, dim=0)
-
-
 class BaseOperator(ABC):
     """Forward model y = A(x) + noise on normalized x.
 

@@ -60,7 +60,9 @@ def t_of_sigma(sigma, schedule: str):
     if schedule == "sqrt":
         return sigma**2
     if schedule == "vp":
-        return (np.sqrt(BETA_MIN**2 + 2 * BETA_D * np.log1p(sigma**2)) - BETA_MIN) / BETA_D
+        # Root of beta_d t^2 / 2 + beta_min t = log(1 + sigma^2), in the cancellation-free form.
+        log_term = np.log1p(sigma**2)
+        return 2 * log_term / (np.sqrt(BETA_MIN**2 + 2 * BETA_D * log_term) + BETA_MIN)
     raise ValueError(f"unknown schedule {schedule!r}")
 
 
@@ -156,5 +158,6 @@ def partial_scheduler(scheduler: Scheduler, sigma: float) -> Scheduler:
         setattr(out, name, getattr(scheduler, name)[start:])
     for name in ("scaling_factor", "factor_steps", "dt_steps"):
         setattr(out, name, getattr(scheduler, name)[start:])
-    out.sigma_max = float(out.sigma_steps[0])
+    # As for a full grid: the std scale of the (scaled) starting state.
+    out.sigma_max = float(out.sigma_steps[0] * out.scaling_steps[0])
     return out
