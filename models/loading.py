@@ -1,44 +1,114 @@
-"""Building a prior from the ``pretrain`` config and, when the problem names one, a checkpoint."""
+"""Building a prior from the ``pretrain`` config and, when the problem names one, a checkpoint.
+
+Checkpoints are ``torch.save`` dictionaries with state dicts under ``ema`` (preferred) or ``net``
+(what train.py writes, and the reference's released weights), read with ``weights_only=True``.
+Legacy pickles that embed code are refused unless ``allow_pickle=true``.
+"""
 
 from __future__ import annotations
 
 import pickle
+import zipfile
 from pathlib import Path
 
 import torch
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+RELEASE = "the GitHub release 'diffusion-prior' of devzhk/InverseBench"
+PRETRAIN_DIR = Path(__file__).resolve().parents[1] / "configs" / "pretrain"
 
 
-def load_state_dict(path) -> dict:
-    """State dict from a ``torch.save`` checkpoint: under ``ema`` (preferred), ``net``, or bare."""
+def load_state_dict(path, allow_pickle: bool = False) -> dict:
+    """State dict from a checkpoint: under ``ema`` (preferred), ``net``, or bare."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
             f"prior checkpoint not found: {path} (set by problem.prior). Released InverseBench "
-            "weights come from the GitHub release 'diffusion-prior' of devzhk/InverseBench; "
-            "small priors ship in checkpoints/ or can be trained with train.py. Point "
-            "problem.prior=<path> at the file."
+            f"weights come from {RELEASE}; small priors ship in checkpoints/ or can be trained "
+            "with train.py. Point problem.prior=<path> at the file."
         )
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = torch.load(path, map_location="cpu", weights_only=not allow_pickle)
     except pickle.UnpicklingError as err:
         raise ValueError(
-            f"{path} is not a plain state-dict checkpoint (it embeds pickled code, which can run "
-            f"arbitrary code when loaded): {err}"
+            f"{path} is a legacy pickle that embeds code (e.g. a pickled nn.Module): loading it "
+            "runs that code, so it is refused by default. If you trust the file, rerun with "
+            f"allow_pickle=true. ({err.__class__.__name__}: {str(err).splitlines()[0]})"
+        ) from err
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as err:
+        raise ValueError(
+            f"{path} is corrupt or truncated and cannot be read as a torch checkpoint "
+            f"({str(err).splitlines()[0]}). Download or train it again."
         ) from err
     if isinstance(ckpt, dict):
         for key in ("ema", "net"):
             if key in ckpt:
-                return ckpt[key]
+                ckpt = ckpt[key]
+                break
+    if isinstance(ckpt, torch.nn.Module):  # legacy pickle of the module itself
+        ckpt = ckpt.state_dict()
+    if not isinstance(ckpt, dict) or not all(torch.is_tensor(v) for v in ckpt.values()):
+        raise ValueError(f"{path} holds no state dict (expected tensors under 'ema' or 'net')")
     return ckpt
 
 
-def build_prior(model_config, prior_path=None, device="cpu"):
+def _shapes(state: dict) -> dict:
+    return {k: tuple(v.shape) for k, v in state.items()}
+
+
+def _config_shapes(node) -> dict | None:
+    """Key -> shape of the network a config builds: on the meta device when the network allows
+    it (no memory, no initialisation), else on the CPU; None when it cannot be built here."""
+    for device in ("meta", "cpu"):
+        try:
+            with torch.device(device), torch.no_grad():
+                return _shapes(instantiate(node).state_dict())
+        except Exception:
+            continue
+    return None
+
+
+def matching_pretrain(state: dict) -> list[str]:
+    """Names of the pretrain configs whose model has exactly this checkpoint's keys and shapes."""
+    want = _shapes(state)
+    names = []
+    for path in sorted(PRETRAIN_DIR.glob("*.yaml")):
+        node = OmegaConf.load(path).get("model")
+        if node is None or "_target_" not in node or "${" in OmegaConf.to_yaml(node):
+            continue
+        shapes = _config_shapes(node)
+        if shapes == want:
+            names.append(path.stem)
+    return names
+
+
+def load_weights(net: torch.nn.Module, path, allow_pickle: bool = False) -> None:
+    """Load a checkpoint into ``net`` strictly; on a mismatch, say which ``pretrain=`` fits."""
+    state = load_state_dict(path, allow_pickle)
+    if _shapes(state) == _shapes(net.state_dict()):
+        net.load_state_dict(state, strict=True)
+        return
+    fits = matching_pretrain(state)
+    hint = (
+        f"It matches pretrain={' or pretrain='.join(fits)}: rerun with that."
+        if fits
+        else "No pretrain config matches it: check that the file is the prior of "
+        "this problem, or write a pretrain config for its architecture."
+    )
+    raise ValueError(
+        f"checkpoint {path} does not fit the prior built from the pretrain config "
+        f"({type(net).__name__}, {len(net.state_dict())} tensors vs {len(state)} in the file). "
+        + hint
+    )
+
+
+def build_prior(model_config, prior_path=None, device="cpu", allow_pickle: bool = False):
     """Instantiate the prior network; load weights from ``prior_path`` when given."""
     net = instantiate(model_config)
     trainable = any(True for _ in net.parameters())
     if prior_path:
-        net.load_state_dict(load_state_dict(prior_path), strict=True)
+        load_weights(net, prior_path, allow_pickle)
     elif trainable:
         raise ValueError(
             f"the prior {type(net).__name__} has weights but problem.prior names no checkpoint; "

@@ -28,6 +28,7 @@ RUN_ONLY_KEYS = (
     "compile",
     "tf32",
     "progress",
+    "allow_pickle",
 )
 
 
