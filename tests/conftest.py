@@ -12,7 +12,8 @@ from hydra import compose, initialize_config_dir
 CONFIGS = str(Path(__file__).resolve().parents[1] / "configs")
 
 os.environ.setdefault("WANDB_MODE", "disabled")
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# One thread: OpenMP spin-waiting makes 2-thread ops collapse when anything else shares the 2 cores.
+torch.set_num_threads(int(os.environ.get("INVERSEBENCH_TEST_THREADS", "1")))
 
 
 def make_config(overrides: list[str], exp_dir: Path | None = None):
