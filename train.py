@@ -216,6 +216,7 @@ def train(cfg: DictConfig) -> dict:
         "images_per_s": seen / elapsed if elapsed > 0 else None,
         "processes": acc.num_processes,
         "rank_checksums": sums,
+        "main_process": acc.is_main_process,
     }
     if acc.is_main_process and history:
         atomic_write_json(exp_dir / "train_summary.json", summary)
@@ -226,7 +227,7 @@ def train(cfg: DictConfig) -> dict:
 @hydra.main(version_base="1.3", config_path="configs/pretrain", config_name="navier-stokes")
 def main(cfg: DictConfig) -> None:
     summary = train(cfg)
-    if summary["losses"]:
+    if summary["losses"] and summary["main_process"]:
         print(json.dumps({k: v for k, v in summary.items() if k != "losses"}))
 
 
