@@ -77,8 +77,9 @@ def build(config: DictConfig, device: torch.device):
     """Operator, test set, prior, algorithm, evaluator; every check happens here, before work."""
     forward_op = instantiate(config.problem.model, device=device)
     testset = instantiate(config.problem.data)
-    net = build_prior(config.pretrain.model, config.problem.get("prior"), device,
-                      allow_pickle=config.allow_pickle)
+    net = build_prior(
+        config.pretrain.model, config.problem.get("prior"), device, allow_pickle=config.allow_pickle
+    )
     if config.compile:
         net = torch.compile(net)
     counts = Counts()
