@@ -147,7 +147,13 @@ def train(cfg: DictConfig) -> dict:
         num_workers=int(tcfg.get("num_workers", 0)),
         pin_memory=acc.device.type == "cuda",
     )
+    if tcfg.get("compile", False):
+        net = torch.compile(net)  # checkpoints still hold the plain module's state dict
     net, opt, sched = acc.prepare(net, opt, sched)
+
+    def plain(module):
+        return acc.unwrap_model(module, keep_torch_compile=False)
+
     ema.to(acc.device)
     if lcfg.get("wandb", False):
         acc.init_trackers(
@@ -169,7 +175,7 @@ def train(cfg: DictConfig) -> dict:
         if acc.is_main_process:
             atomic_torch_save(
                 {
-                    "net": acc.unwrap_model(net).state_dict(),
+                    "net": plain(net).state_dict(),
                     "ema": ema.state_dict(),
                     "optimizer": opt.state_dict(),
                     "scheduler": sched.state_dict(),
@@ -189,7 +195,7 @@ def train(cfg: DictConfig) -> dict:
         sched.step()
         opt.zero_grad(set_to_none=True)
         step += 1
-        update_ema(ema, acc.unwrap_model(net), ema_beta(step, batch, halflife, rampup))
+        update_ema(ema, plain(net), ema_beta(step, batch, halflife, rampup))
         seen += images.shape[0] * acc.num_processes
         mean_loss = float(acc.reduce(loss.detach(), reduction="mean"))
         history.append(mean_loss)
@@ -204,7 +210,7 @@ def train(cfg: DictConfig) -> dict:
     elapsed = time.perf_counter() - tic
 
     # Every process reports a checksum of its weights: data parallelism must keep them equal.
-    flat = torch.cat([p.detach().double().flatten() for p in acc.unwrap_model(net).parameters()])
+    flat = torch.cat([p.detach().double().flatten() for p in plain(net).parameters()])
     checksum = torch.stack(
         [flat.sum(), (flat * torch.arange(len(flat), device=flat.device).double().sin()).sum()]
     )
