@@ -97,6 +97,12 @@ def test_changed_config_is_refused(config_factory, tmp_path):
             [*FAST, "problem.data.id_list=0", "algorithm.method.guidance_scale=3", "overwrite=true"]
         )
     )
+    # Scoring settings are not part of the results: saved results can be re-evaluated.
+    rescore = [*FAST, "problem.data.id_list=0", "algorithm.method.guidance_scale=3"]
+    rescored = run(
+        config_factory([*rescore, "inference=false", "problem.evaluator.num_projections=16"])
+    )
+    assert "sw" in rescored
 
 
 @pytest.mark.parametrize(

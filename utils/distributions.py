@@ -58,6 +58,11 @@ class GaussianMixture:
         means_eig = torch.einsum("kji,kj->ki", self._per_component(evecs), self.means)
         return evals.clamp_min(0.0), evecs, means_eig
 
+    @cached_property
+    def _quad_matrix(self) -> torch.Tensor:
+        """[-2 mu_e^T; (mu_e^2)^T], (2d, K): the cross terms of the tied quadratic forms."""
+        return torch.cat([-2 * self.means_eig.T, self.means_eig.square().T], 0)
+
     @property
     def evals(self) -> torch.Tensor:
         return self._eig[0]
@@ -107,11 +112,11 @@ class GaussianMixture:
         if self.tied:
             var = var[:, 0]  # (B, d)
             xe = x @ self.evecs[0]  # (B, d)
-            quad = (
-                (xe.square() / var).sum(1, keepdim=True)
-                - 2 * (xe / var) @ self.means_eig.T
-                + (1 / var) @ self.means_eig.square().T
-            )
+            inv = 1 / var
+            # ||xe - mu_k||^2_var = sum xe^2/var - 2 (xe/var).mu_k + (1/var).mu_k^2: one matmul.
+            quad = (xe.square() * inv).sum(1, keepdim=True) + torch.cat(
+                [xe * inv, inv], 1
+            ) @ self._quad_matrix
             return -0.5 * (quad.clamp_min(0) + const), (xe, var)
         z = torch.einsum("bi,kij->bkj", x, self.evecs) - self.means_eig.unsqueeze(0)  # (B, K, d)
         return -0.5 * ((z.square() / var).sum(-1) + const), (z, var)
@@ -135,8 +140,10 @@ class GaussianMixture:
         logn, (coords, var) = self._log_components(x, sigma)
         r = torch.softmax(logn + self.weights.log(), dim=1)  # (B, K)
         if self.tied:
+            # sum_k r_k m_k = V [m + shrink (xe - m)] with m = sum_k r_k V^T mu_k.
             shrink = self.evals[0] / var  # (B, d)
-            return r @ self.means + (shrink * (coords - r @ self.means_eig)) @ self.evecs[0].T
+            m = r @ self.means_eig
+            return (m + shrink * (coords - m)) @ self.evecs[0].T
         u = r.unsqueeze(-1) * (self.evals.unsqueeze(0) / var) * coords  # (B, K, d)
         return r @ self.means + torch.einsum("kij,bkj->bi", self.evecs, u)
 

@@ -101,8 +101,10 @@ def result_config(config) -> dict:
     cfg = OmegaConf.to_container(config, resolve=True)
     for k in RUN_ONLY_KEYS:
         cfg.pop(k, None)
-    # Which items are solved does not change any item's result.
+    # Which items are solved, and how they are scored, do not change any item's result: saved
+    # results may be re-evaluated with other metric settings (inference=false).
     cfg.get("problem", {}).get("data", {}).pop("id_list", None)
+    cfg.get("problem", {}).pop("evaluator", None)
     return cfg
 
 
