@@ -118,3 +118,12 @@ def mixture_moments(mix):
     var_k = torch.diagonal(mix.covs, dim1=-2, dim2=-1)  # (K', d)
     second = mix.weights @ (var_k.expand_as(mix.means) + mix.means.square())
     return mean, (second - mean.square()).clamp_min(0).sqrt()
+
+
+class NavierStokes2d(Evaluator):
+    """Relative L2 error ||pred - target|| / ||target|| per sample, averaged over the samples
+    (the reference's metric for the Navier–Stokes problem)."""
+
+    def evaluate(self, pred, target, observation=None):
+        err = (pred - target).flatten(1).norm(dim=1) / target.flatten().norm()
+        return {"relative_l2": float(err.mean())}

@@ -89,3 +89,17 @@ class PixelGRFProblems(_Instances):
         x = self.distribution.sample(1, g)[0].cpu()
         idx = torch.randperm(self.distribution.dim, generator=g)[: self.num_obs].sort().values
         return {"target": x.reshape(self.distribution.shape).float(), "indices": idx}
+
+
+class PriorDraws(_Instances):
+    """Ground truths drawn from a closed-form prior, one seeded generator per item id."""
+
+    def __init__(self, distribution, num_items: int = 10, seed: int = 0, id_list=None, shape=None):
+        super().__init__(num_items, seed, id_list)
+        self.distribution = distribution
+        default = getattr(distribution, "shape", (distribution.dim, 1, 1))
+        self.shape = tuple(shape) if shape is not None else tuple(default)
+
+    def __getitem__(self, index: int) -> dict:
+        x = self.distribution.sample(1, self.generator(index))[0].cpu()
+        return {"target": x.reshape(self.shape).float()}
