@@ -9,9 +9,7 @@ Times are medians over repeats; compare versions with the ratios in one run, not
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -19,6 +17,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from algo.dps import DPS
+from benchmarks.timing import median_time
 from inverse_problems.linear import SVDLinear
 from models.analytic import AnalyticPrior
 from training.exact import LinearGMMProblems
@@ -28,17 +27,7 @@ from utils.rng import BatchRNG
 
 
 def timed(fn, repeats: int, device) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    return median_time(fn, repeats, device)
 
 
 def denoiser_table(repeats: int, device) -> None:

@@ -12,30 +12,19 @@ of steps per element in adaptive mode. Shared machines are noisy: compare number
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.timing import median_time
 from inverse_problems.ns_solver import NavierStokes2d, kolmogorov_forcing, smooth_random_field
 
 
 def timed(fn, device, repeats):
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return median_time(fn, repeats, device)
 
 
 def mean_adaptive_steps(solver, w0, f, T):
