@@ -129,10 +129,18 @@ def run(config: DictConfig) -> dict:
     exp_dir.mkdir(parents=True, exist_ok=True)
     setup_logging(exp_dir)
     check_same_experiment(exp_dir, config)
-    atomic_write_text(exp_dir / "config.yaml", OmegaConf.to_yaml(config, resolve=True))
     log.info(f"{config.problem.name} / {config.algorithm.name} -> {exp_dir} on {device}")
 
     forward_op, testset, algo, evaluator, counts = build(config, device)
+    try:
+        return _run_items(config, exp_dir, device, forward_op, testset, algo, evaluator, counts)
+    finally:
+        forward_op.close()
+
+
+def _run_items(config, exp_dir, device, forward_op, testset, algo, evaluator, counts) -> dict:
+    # Written only once everything is built, so a failed set-up leaves no record behind.
+    atomic_write_text(exp_dir / "config.yaml", OmegaConf.to_yaml(config, resolve=True))
     ids = [int(i) for i in testset.id_list]
     saved = {i for i in ids if result_path(exp_dir, i).is_file()}
     if not config.inference and len(saved) < len(ids):
@@ -196,7 +204,6 @@ def run(config: DictConfig) -> dict:
 
         wandb.log(summary)
         wandb.finish()
-    forward_op.close()
     return summary
 
 

@@ -120,6 +120,7 @@ def test_missing_checkpoint_fails_before_work(config_factory, tmp_path):
     with pytest.raises(FileNotFoundError, match=r"/nonexistent/prior\.pt"):
         run(cfg)
     assert not list(tmp_path.rglob("result_*.pt"))
+    assert not list(tmp_path.rglob("config.yaml")), "a failed set-up must not pin the config"
 
 
 class _NoGradient:
