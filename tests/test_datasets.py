@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from training.dataset import LMDBData, PriorSamples, write_lmdb
+from training.dataset import LMDBData, write_lmdb
+from training.exact import PriorDraws
 from utils.distributions import matern_field
 
 
@@ -44,7 +45,7 @@ def test_ids_out_of_range(tmp_path):
 
 
 def test_prior_samples_dataset():
-    data = PriorSamples(matern_field(size=8), num_items=10, seed=1)
+    data = PriorDraws(matern_field(size=8), num_items=10, seed=1)
     assert len(data) == 10 and data[3]["target"].shape == (1, 8, 8)
-    again = PriorSamples(matern_field(size=8), num_items=10, seed=1)
+    again = PriorDraws(matern_field(size=8), num_items=10, seed=1)
     assert torch.equal(data[3]["target"], again[3]["target"])

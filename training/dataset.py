@@ -1,4 +1,4 @@
-"""Datasets in the reference's on-disk formats, plus prior samples for toy training.
+"""Datasets in the reference's on-disk formats (prior draws for toy training: training/exact.py).
 
 ``LMDBData``: one LMDB environment; key ``str(idx)`` -> raw float32 bytes of shape
 (C, raw_resolution, raw_resolution); the length is the number of entries. Items are
@@ -100,20 +100,3 @@ class LMDBData(Dataset):
                 align_corners=False,
             )[0]
         return {"target": (x - self.mean) / (2 * self.std)}
-
-
-class PriorSamples(Dataset):
-    """Exact samples of an analytic distribution as an image dataset (toy prior training)."""
-
-    def __init__(self, distribution, num_items: int = 1024, shape=None, seed: int = 0):
-        self.distribution = distribution
-        default = getattr(distribution, "shape", (distribution.dim, 1, 1))
-        self.shape = tuple(shape) if shape is not None else tuple(default)
-        g = torch.Generator().manual_seed(int(seed))
-        self.data = distribution.sample(int(num_items), g).reshape(-1, *self.shape).float()
-
-    def __len__(self) -> int:
-        return self.data.shape[0]
-
-    def __getitem__(self, index: int) -> dict:
-        return {"target": self.data[index]}
