@@ -127,3 +127,17 @@ class NavierStokes2d(Evaluator):
     def evaluate(self, pred, target, observation=None):
         err = (pred - target).flatten(1).norm(dim=1) / target.flatten().norm()
         return {"relative_l2": float(err.mean())}
+
+
+class InverseScatter(Evaluator):
+    """PSNR and SSIM (piq, data range 1) of the permittivity clipped to [0, 1], per sample and
+    averaged over the item's samples (the reference's metrics for inverse scattering)."""
+
+    def evaluate(self, pred, target, observation=None):
+        import piq
+
+        p = pred.to(torch.float32).clamp(0, 1)
+        t = target.to(torch.float32).clamp(0, 1).expand_as(p)
+        psnr = piq.psnr(p, t, data_range=1.0, reduction="none")
+        ssim = piq.ssim(p, t, data_range=1.0, reduction="none")
+        return {"psnr": float(psnr.mean()), "ssim": float(ssim.mean())}

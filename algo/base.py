@@ -25,6 +25,14 @@ def chunked(fn, x: torch.Tensor, chunk_size: int | None, *args) -> torch.Tensor:
     return torch.cat([fn(part, *args) for part in x.split(int(chunk_size))])
 
 
+def singular_values(forward_op, observation: Observation) -> torch.Tensor:
+    """(B, m) float64 singular values per item. Operators without per-item physics (one matrix
+    for every item, e.g. inverse scattering) return a single row, broadcast here."""
+    s = forward_op.singular_values(**observation.physics).to(torch.float64)
+    s = s.reshape(-1, s.shape[-1]).to(observation.y.device)
+    return s.expand(observation.batch, -1).contiguous() if s.shape[0] == 1 else s
+
+
 def chunked_items(fn, x: torch.Tensor, observation: Observation, chunk_size: int | None):
     """``fn(rows, sub_observation)`` over chunks of at most ``chunk_size`` rows that respect the
     item grouping (operator calls: each chunk gets the observation of the items it covers).

@@ -34,7 +34,7 @@ import math
 
 import torch
 
-from algo.base import Algo
+from algo.base import Algo, singular_values
 from utils.scheduler import Scheduler
 
 
@@ -45,7 +45,7 @@ def spectral_observation(forward_op, observation, shape, num_samples):
     y = observation.y
     zero = torch.zeros(B, *shape, dtype=torch.float32, device=y.device)
     y_lin = (y - forward_op.forward(zero, **phys).reshape(y.shape)).reshape(B, -1)
-    s = forward_op.singular_values(**phys).to(torch.float64)  # (B, m)
+    s = singular_values(forward_op, observation)  # (B, m)
     sigma_y = forward_op.noise_std(phys, B).to(device=s.device, dtype=torch.float64)
     u_y = forward_op.Ut(y_lin, **phys).to(torch.float64)  # (B, m)
     observed = s > 0

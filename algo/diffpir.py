@@ -49,7 +49,7 @@ from dataclasses import dataclass
 
 import torch
 
-from algo.base import Algo
+from algo.base import Algo, singular_values
 from inverse_problems.base import Observation, group_rows
 from utils.diffusion import denoise_scaled
 from utils.scheduler import Scheduler
@@ -99,7 +99,7 @@ class LinearGaussian:
         y = observation.y if observation.y.is_complex() else observation.y.to(dtype)
         y_lin = y - offset.reshape(y.shape)
         if self.spectral:
-            s = op.singular_values(**phys).to(dtype)
+            s = singular_values(op, observation).to(dtype)
             return LinearData(y_lin, True, s=s, uty=op.Ut(y_lin, **phys).to(dtype))
         aty = op.adjoint(y_lin, **phys).reshape(B, *self.shape).to(dtype)
         return LinearData(y_lin, False, aty=aty, offset=offset)

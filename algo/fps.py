@@ -54,7 +54,7 @@ import math
 
 import torch
 
-from algo.base import Algo, chunked
+from algo.base import Algo, chunked, singular_values
 from utils.scheduler import Scheduler
 
 F64 = torch.float64
@@ -71,7 +71,7 @@ def spectral_observation(forward_op, observation, shape):
     zero = torch.zeros(B, *shape, dtype=F64, device=dev)
     y_lin = observation.y.to(F64) - forward_op.forward(zero, **phys).reshape(observation.y.shape)
     y_spec = forward_op.Ut(y_lin, **phys).reshape(B, -1).to(F64)
-    s = forward_op.singular_values(**phys).reshape(B, -1).to(device=dev, dtype=F64)
+    s = singular_values(forward_op, observation)
     sigma_y = forward_op.noise_std(phys, B).to(device=dev, dtype=F64).reshape(B)
     return y_spec, s, sigma_y, s > 0
 

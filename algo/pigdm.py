@@ -42,7 +42,7 @@ import math
 
 import torch
 
-from algo.base import Algo
+from algo.base import Algo, singular_values
 from inverse_problems.base import group_rows
 from utils.scheduler import Scheduler
 
@@ -66,7 +66,7 @@ class PiGDM(Algo):
         if not self.noisy:
             return self.forward_op.pseudo_inverse(residual, **physics).reshape(rows, *self.shape)
         batch = observation.batch
-        s = self.forward_op.singular_values(**physics)  # (B, m)
+        s = singular_values(self.forward_op, observation)  # (B, m)
         sigma_y = self.forward_op.noise_std(physics, batch).to(s.device, torch.float64)
         c = sigma_y.clamp_min(SIGMA_Y_FLOOR).square() * (1.0 + sigma**2) / sigma**2  # (B,)
         gain = s / (s.square() + c.unsqueeze(1))  # (B, m)

@@ -98,6 +98,13 @@ class BaseOperator(ABC):
         if unknown:
             raise ValueError(f"{type(self).__name__} declares unknown capabilities {unknown}")
 
+    @classmethod
+    def capabilities_for(cls, model_config) -> frozenset[str]:
+        """Capabilities an operator built from ``model_config`` offers, without building it.
+        Operators whose capabilities depend on their arguments (a property) override this."""
+        declared = cls.capabilities
+        return frozenset(declared) if isinstance(declared, (set, frozenset)) else frozenset()
+
     # -- physics ---------------------------------------------------------------------------------
     @abstractmethod
     def forward(self, x: torch.Tensor, **physics: torch.Tensor) -> torch.Tensor:
@@ -191,10 +198,7 @@ def problems_offering(needed, config_dir=None) -> list[str]:
             model = OmegaConf.load(path).get("model") or {}
             module, _, cls = str(model.get("_target_", "")).rpartition(".")
             op_cls = getattr(importlib.import_module(module), cls)
-            declared = op_cls.capabilities  # a property on operators where it is per instance
-            caps = set(declared) if isinstance(declared, (set, frozenset)) else set()
-            if model.get("differentiable") is True:  # operators whose gradient is opt-in
-                caps.add("gradient")
+            caps = set(op_cls.capabilities_for(model))
         except Exception:
             continue
         if set(needed) <= caps:

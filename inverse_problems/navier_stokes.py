@@ -61,6 +61,10 @@ class ForwardNavierStokes2d(BaseOperator):
     def capabilities(self) -> frozenset[str]:
         return frozenset({"gradient"}) if self.differentiable else frozenset()
 
+    @classmethod
+    def capabilities_for(cls, model_config) -> frozenset[str]:
+        return frozenset({"gradient"}) if model_config.get("differentiable") else frozenset()
+
     def forward(self, x: torch.Tensor, **_physics) -> torch.Tensor:
         """(R, 1, N, N) normalized vorticity -> (R, 1, N/f, N/f) vorticity at ``forward_time``."""
         if x.shape[1:] != (1, self.resolution, self.resolution):

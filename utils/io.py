@@ -51,3 +51,13 @@ def atomic_write_csv(path, rows: list[dict], columns: list[str]) -> None:
 
 def _fmt(v):
     return f"{v:.8g}" if isinstance(v, float) else v
+
+
+def user_cache_dir() -> Path:
+    """Per-user cache for derived files (SVDs, compiled kernels): ``$INVERSEBENCH_CACHE``, else
+    ``$XDG_CACHE_HOME/inversebench``, else ``~/.cache/inversebench`` -- never the working
+    directory."""
+    if os.environ.get("INVERSEBENCH_CACHE"):
+        return Path(os.environ["INVERSEBENCH_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "inversebench"

@@ -1,0 +1,193 @@
+"""Inverse scattering: Born physics, exact adjoint, SVD pieces, gradient, batching, cache, data."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.special import hankel1
+
+from inverse_problems.base import Observation
+from inverse_problems.inverse_scatter import InverseScatter
+from training.dataset import LMDBData, write_lmdb
+from training.phantoms import generate, hl60_phantom
+from utils.rng import BatchRNG
+
+F64 = torch.float64
+
+
+@pytest.fixture(scope="module")
+def op(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("svd-cache")
+    return InverseScatter(Nx=16, Ny=16, numTrans=8, numRec=12, cache_dir=str(cache))
+
+
+def rand_x(n, seed=0, size=16):
+    return torch.rand(n, 1, size, size, dtype=F64, generator=torch.Generator().manual_seed(seed))
+
+
+def linear(op, x):
+    """L x: the forward map without its affine offset."""
+    return op.forward(x) - op.forward(torch.zeros_like(x))
+
+
+def test_single_scatterer_is_product_of_greens_functions(op):
+    """One cell of contrast c at r0: u[t, r] = kb^2 dx dy c g(r0 - s_t) g(r0 - q_r), with the
+    positions and Hankel functions computed here independently (scipy)."""
+    i, j, c = 5, 11, 0.7
+    f = torch.zeros(1, 1, 16, 16, dtype=F64)
+    f[0, 0, i, j] = c
+    y = torch.view_as_complex(op.forward(op.normalize(f)) - op.forward(op.normalize(0 * f)))
+    dx = 0.18 / 16
+    r0 = np.array([(j - 7.5) * dx, (i - 7.5) * dx])
+    kb = 2 * math.pi / (6 * dx)
+    ang_t = np.deg2rad(np.linspace(0, 359, 8))
+    ang_r = np.deg2rad(np.linspace(0, 359, 12))
+    s = 1.6 * np.stack([np.cos(ang_t), np.sin(ang_t)], 1)
+    q = 1.6 * np.stack([np.cos(ang_r), np.sin(ang_r)], 1)
+    g_t = 0.25j * hankel1(0, kb * np.linalg.norm(s - r0, axis=1))
+    g_r = 0.25j * hankel1(0, kb * np.linalg.norm(q - r0, axis=1))
+    expected = kb**2 * dx * dx * c * g_t[:, None] * g_r[None, :]
+    np.testing.assert_allclose(y[0].numpy(), expected, rtol=1e-10)
+
+
+def test_reciprocity():
+    """Sources and receivers at the same places: swapping them leaves the Born field unchanged,
+    u[t, r] = u[r, t] (fails with the reference's conjugated incident field)."""
+    op = InverseScatter(Nx=16, Ny=16, numTrans=10, numRec=10, svd=False)
+    y = torch.view_as_complex(linear(op, rand_x(2)))
+    torch.testing.assert_close(y, y.transpose(1, 2), rtol=1e-12, atol=0)
+
+
+def test_adjoint(op):
+    x = rand_x(3) * 2 - 1
+    v = torch.randn(3, 8, 12, 2, dtype=F64, generator=torch.Generator().manual_seed(1))
+    lhs = (linear(op, x) * v).sum()
+    rhs = (x * op.adjoint(v)).sum()
+    assert abs(float(lhs - rhs)) < 1e-12 * float(lhs.abs())
+
+
+def test_svd_pieces(op):
+    a = op.matrix()
+    s = op.singular_values()[0]
+    k, d = s.shape[0], op.dim
+    exact = torch.linalg.svdvals(a)
+    torch.testing.assert_close(s, exact[:k], rtol=1e-8, atol=0)
+    assert exact[k] <= op.svd_rtol * exact[0] < exact[k - 1]  # truncation at svd_rtol
+    eye = torch.eye(d, dtype=F64)
+    basis = op.V(eye).reshape(d, d).T  # columns: the full orthonormal basis of R^P
+    torch.testing.assert_close(basis.T @ basis, eye, atol=1e-12, rtol=0)
+    torch.testing.assert_close(op.Vt(basis.T), eye, atol=1e-12, rtol=0)  # Vt inverts V
+    u = op.U(torch.eye(k, dtype=F64)).T  # (m, k)
+    torch.testing.assert_close(u.T @ u, torch.eye(k, dtype=F64), atol=1e-8, rtol=0)
+    torch.testing.assert_close(op.Ut(u.T), torch.eye(k, dtype=F64), atol=1e-8, rtol=0)
+    # A = U S V_k^T up to the discarded singular values (spectral norm <= rtol * s_max).
+    err = torch.linalg.matrix_norm(a - (u * s) @ basis[:, :k].T, ord=2)
+    assert err <= 1.01 * op.svd_rtol * exact[0]
+
+
+def test_pseudo_inverse_solves_least_squares(op):
+    """In the kept row space the pseudo-inverse recovers x exactly from noiseless data, and for
+    any x it gives the minimum-norm least-squares solution of the truncated problem."""
+    s = op.singular_values()[0]
+    k = s.shape[0]
+    z = torch.zeros(2, op.dim, dtype=F64)
+    z[:, :k] = torch.randn(2, k, dtype=F64, generator=torch.Generator().manual_seed(2))
+    x = op.V(z)
+    torch.testing.assert_close(op.pseudo_inverse(linear(op, x)), x, atol=1e-8, rtol=1e-8)
+    xr = rand_x(2, seed=3)
+    p = op.pseudo_inverse(linear(op, xr))
+    # normal equations on the kept subspace: V_k^T (A^T (A p - y)) = 0
+    normal = op.Vt(op.adjoint(linear(op, p) - linear(op, xr)))[:, :k]
+    assert float(normal.abs().max()) < 1e-8 * float(op.adjoint(linear(op, xr)).abs().max())
+
+
+def test_gradient_matches_finite_differences(op):
+    x = rand_x(2, seed=4) * 2 - 1
+    y = op.forward(rand_x(1, seed=5) * 2 - 1)
+    obs = Observation(y)
+    g, loss = op.gradient(x, obs, return_loss=True)
+    torch.testing.assert_close(loss, op.loss(x, obs))
+    d = torch.randn_like(x)
+    h = 1e-4
+    fd = (op.loss(x + h * d, obs) - op.loss(x - h * d, obs)) / (2 * h)
+    torch.testing.assert_close((g * d).flatten(1).sum(1), fd, rtol=1e-6, atol=0)
+
+
+def test_batch_equals_single_calls(op):
+    x = rand_x(4, seed=6)
+    y = op.forward(rand_x(2, seed=7))
+    obs = Observation(y)
+    batch = op.forward(x)
+    grads = op.gradient(x, obs)
+    for i in range(4):
+        torch.testing.assert_close(batch[i : i + 1], op.forward(x[i : i + 1]), rtol=1e-13, atol=0)
+    for b in range(2):
+        single = op.gradient(x[2 * b : 2 * b + 2], obs.item(b))
+        torch.testing.assert_close(grads[2 * b : 2 * b + 2], single, rtol=1e-12, atol=1e-20)
+
+
+def test_complex_noise_level():
+    """CN(0, sigma^2): each real part has std sigma / sqrt(2)."""
+    op = InverseScatter(Nx=16, Ny=16, numTrans=20, numRec=100, sigma_noise=0.01, svd=False)
+    x = rand_x(4) * 2 - 1
+    obs = op({"target": x.float()}, BatchRNG.for_items(0, range(4), 0))
+    noise = obs.y - op.forward(x.float())
+    assert abs(float(noise.std()) / (0.01 / math.sqrt(2)) - 1) < 0.03
+    c = torch.view_as_complex(noise.contiguous())
+    assert abs(float(c.abs().square().mean()) / 0.01**2 - 1) < 0.05
+
+
+def test_svd_cache_is_reused(tmp_path, monkeypatch):
+    a = InverseScatter(Nx=8, Ny=8, numTrans=4, numRec=6, cache_dir=str(tmp_path))
+    s = a.singular_values()
+    files = list(tmp_path.iterdir())
+    assert len(files) == 1 and files[0].name.startswith("born_8x8_T4_R6_")
+    b = InverseScatter(Nx=8, Ny=8, numTrans=4, numRec=6, cache_dir=str(tmp_path))
+    monkeypatch.setattr(InverseScatter, "compute_svd", lambda self: pytest.fail("recomputed"))
+    torch.testing.assert_close(b.singular_values(), s)
+    other = InverseScatter(Nx=8, Ny=8, numTrans=4, numRec=7, cache_dir=str(tmp_path))
+    assert other.svd_path() != b.svd_path()  # keyed by the geometry
+
+
+def test_default_cache_is_per_user_not_cwd(monkeypatch, tmp_path):
+    monkeypatch.delenv("INVERSEBENCH_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    op = InverseScatter(Nx=8, Ny=8, numTrans=4, numRec=6)
+    assert op.svd_path().parent == tmp_path / "inversebench" / "inv-scatter"
+
+
+def test_svd_off_removes_capabilities():
+    from algo.ddrm import DDRM
+
+    op = InverseScatter(Nx=8, Ny=8, numTrans=4, numRec=6, svd=False)
+    assert "svd" not in op.capabilities and "adjoint" in op.capabilities
+
+    class Net:
+        shape = (1, 8, 8)
+
+    with pytest.raises(ValueError, match=r"svd.*inv-scatter-small"):
+        DDRM(Net(), op, {"num_steps": 10})
+
+
+def test_phantoms_in_range_and_cell_counts():
+    for seed in range(20):
+        img, count = hl60_phantom(32, torch.Generator().manual_seed(seed), 2, 4)
+        assert img.shape == (1, 32, 32) and img.dtype == np.float32
+        assert 0.0 <= img.min() and img.max() <= 1.0 and 2 <= count <= 4
+        assert (img > 0.2).mean() > 0.02  # cells are there
+    data = generate(8, 32, seed=3, supersample=2)
+    assert data.shape == (8, 1, 32, 32) and 0.0 <= data.min() and data.max() <= 1.0
+
+
+def test_phantom_lmdb_round_trip(tmp_path):
+    data = generate(5, 16, seed=1)
+    write_lmdb(tmp_path / "db", list(data))
+    ds = LMDBData(tmp_path / "db", resolution=16, mean=0.5, std=0.25)
+    assert len(ds) == 5
+    for i in range(5):
+        np.testing.assert_array_equal(ds.raw(i), data[i])
+        x = ds[i]["target"].numpy()
+        np.testing.assert_allclose(x, data[i] * 2 - 1, atol=1e-6)  # [0, 1] -> [-1, 1]
