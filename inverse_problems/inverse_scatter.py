@@ -178,9 +178,9 @@ class InverseScatter(BaseOperator):
         """Re(A^H v) (rows, P) for complex v (rows, T, R): the adjoint of the real-linear map
         f -> A f (real f) under the real inner product of the stacked measurements."""
         rows = v.shape[0]
-        z = v.reshape(rows * self.numTrans, self.numRec) @ self.green.conj().T  # (rows T, P)
-        z = z.reshape(rows, self.numTrans, -1) * self.uinc.conj()
-        return z.sum(1).real
+        # Re(sum_t conj(uinc) (v G^H)) = Re(sum_t uinc (conj(v) G^T)): no conjugate copy of G.
+        z = v.conj().reshape(rows * self.numTrans, self.numRec) @ self.green.T  # (rows T, P)
+        return (z.reshape(rows, self.numTrans, -1) * self.uinc).sum(1).real
 
     def _complex(self, y: torch.Tensor) -> torch.Tensor:
         y = y.reshape(y.shape[0], self.numTrans, self.numRec, 2).to(self.dtype)
