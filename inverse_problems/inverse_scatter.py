@@ -216,9 +216,9 @@ class InverseScatter(BaseOperator):
 
     # -- SVD ---------------------------------------------------------------------------------------
     def matrix(self) -> torch.Tensor:
-        """The real matrix of L (2 T R, P) in the operator's dtype; rows (t, r, real/imag)."""
-        a = self.unnorm_scale * self.uinc.unsqueeze(1) * self.green.T.unsqueeze(0)  # (T, R, P)
-        return torch.view_as_real(a).permute(0, 1, 3, 2).reshape(self.num_measurements, -1)
+        """The real matrix of L (2 T R, P) float64; rows (t, r, real/imag), as ``forward``'s
+        flattened output."""
+        return torch.cat([self.matrix_rows(t) for t in range(self.numTrans)])
 
     def svd_path(self) -> Path:
         key = dict(self.geometry, scale=self.unnorm_scale, rtol=self.svd_rtol, format=SVD_FORMAT)
@@ -228,19 +228,59 @@ class InverseScatter(BaseOperator):
         name = f"born_{g['Nx']}x{g['Ny']}_T{g['numTrans']}_R{g['numRec']}_{digest}.pt"
         return self.cache_dir / name
 
+    def matrix_rows(self, t: int) -> torch.Tensor:
+        """Rows of transmitter t of the real matrix of L: (2 R, P) float64, rows (r, real/imag)."""
+        a = self.unnorm_scale * self.uinc[t].unsqueeze(0) * self.green.T  # (R, P)
+        return torch.view_as_real(a.to(torch.complex128)).permute(0, 2, 1).reshape(-1, self.dim)
+
     def compute_svd(self) -> dict:
-        """Truncated SVD of L via the smaller Gram matrix, as cached factors (see module doc)."""
-        a = self.matrix().to(torch.float64)
-        m, d = a.shape
-        if m <= d:
-            evals, vecs = torch.linalg.eigh(a @ a.T)  # ascending; vecs = U
-        else:
-            evals, vecs = torch.linalg.eigh(a.T @ a)  # vecs = V
-        s = evals.flip(0).clamp_min(0).sqrt()
+        """Truncated SVD of L via the smaller Gram matrix, as cached factors (see module doc).
+
+        L is never held whole: the Gram matrix is accumulated from the rows of one transmitter
+        at a time (only its upper blocks when it is L L^T), and only the eigenpairs above
+        (svd_rtol * s_max)^2 are computed (LAPACK's MRRR driver, ``scipy.linalg.eigh(driver=
+        'evr')``). Peak memory: the Gram matrix plus two transmitters' rows, then the kept
+        vectors."""
+        from scipy.linalg import eigh
+
+        m, d, T = self.num_measurements, self.dim, self.numTrans
+        rows = 2 * self.numRec
+        if m <= d:  # L L^T (m x m), block (i, j) = L_i L_j^T
+            gram = np.empty((m, m))
+            for i in range(T):
+                a_i = self.matrix_rows(i)
+                for j in range(i + 1):
+                    block = (a_i @ self.matrix_rows(j).T).numpy()
+                    gram[i * rows : (i + 1) * rows, j * rows : (j + 1) * rows] = block
+                    gram[j * rows : (j + 1) * rows, i * rows : (i + 1) * rows] = block.T
+        else:  # L^T L (d x d)
+            gram_t = torch.zeros(d, d, dtype=torch.float64)
+            for i in range(T):
+                a_i = self.matrix_rows(i)
+                gram_t.addmm_(a_i.T, a_i)
+            gram = gram_t.numpy()
+        lam_max = power_max(gram)
+        cut = (0.5 * self.svd_rtol) ** 2 * lam_max  # a margin: the exact cut is applied below
+        evals, vecs = eigh(
+            gram,
+            driver="evr",
+            subset_by_value=(cut, np.inf),
+            overwrite_a=True,
+            check_finite=False,
+        )
+        del gram
+        s = torch.from_numpy(evals[::-1].copy()).clamp_min(0).sqrt()
         keep = int((s > self.svd_rtol * s[0]).sum())
-        s, vecs = s[:keep], vecs.flip(1)[:, :keep]
-        v = (a.T @ vecs) / s if m <= d else vecs  # (d, k)
-        del a
+        s = s[:keep]
+        vecs = torch.from_numpy(np.ascontiguousarray(vecs[:, ::-1][:, :keep]))
+        if m <= d:  # V_k = L^T U_k / S_k, accumulated over transmitters
+            v = torch.zeros(d, keep, dtype=torch.float64)
+            for i in range(T):
+                v.addmm_(self.matrix_rows(i).T, vecs[i * rows : (i + 1) * rows])
+            v /= s
+        else:
+            v = vecs
+        del vecs
         reflectors, tau = torch.geqrf(v)
         sign = torch.sign(torch.diagonal(reflectors)[:keep])
         sign[sign == 0] = 1.0
@@ -317,6 +357,19 @@ class InverseScatter(BaseOperator):
         z[:, : s.shape[0]] /= s.square()
         z[:, s.shape[0] :] = 0
         return self.V(z)
+
+
+def power_max(gram: np.ndarray, iters: int = 50) -> float:
+    """Largest eigenvalue of a symmetric positive semi-definite matrix (power iteration, from a
+    fixed start; converges from below)."""
+    v = np.random.default_rng(0).standard_normal(gram.shape[0])
+    v /= np.linalg.norm(v)
+    lam = 0.0
+    for _ in range(iters):
+        w = gram @ v
+        lam = float(v @ w)
+        v = w / np.linalg.norm(w)
+    return lam
 
 
 def svd_summary(op: InverseScatter) -> dict:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,8 @@ from hydra import compose, initialize_config_dir
 CONFIGS = str(Path(__file__).resolve().parents[1] / "configs")
 
 os.environ.setdefault("WANDB_MODE", "disabled")
+# Derived files (SVD factors) go to a fresh folder, not the user's cache.
+os.environ.setdefault("INVERSEBENCH_CACHE", tempfile.mkdtemp(prefix="inversebench-test-cache-"))
 # One thread: OpenMP spin-waiting makes 2-thread ops collapse when anything else shares the 2 cores.
 torch.set_num_threads(int(os.environ.get("INVERSEBENCH_TEST_THREADS", "1")))
 

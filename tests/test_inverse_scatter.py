@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,6 +23,15 @@ F64 = torch.float64
 def op(tmp_path_factory):
     cache = tmp_path_factory.mktemp("svd-cache")
     return InverseScatter(Nx=16, Ny=16, numTrans=8, numRec=12, cache_dir=str(cache))
+
+
+@pytest.fixture(scope="module", params=["wide", "tall"])
+def svd_op(request, tmp_path_factory):
+    """Fewer measurements than pixels (Gram L L^T, as at full size) and more (Gram L^T L)."""
+    cache = tmp_path_factory.mktemp("svd-cache")
+    if request.param == "wide":
+        return InverseScatter(Nx=16, Ny=16, numTrans=8, numRec=12, cache_dir=str(cache))
+    return InverseScatter(Nx=12, Ny=12, numTrans=8, numRec=20, cache_dir=str(cache))
 
 
 def rand_x(n, seed=0, size=16):
@@ -69,8 +79,12 @@ def test_adjoint(op):
     assert abs(float(lhs - rhs)) < 1e-12 * float(lhs.abs())
 
 
-def test_svd_pieces(op):
+def test_svd_pieces(svd_op):
+    op = svd_op
+    assert (op.num_measurements < op.dim) == (op.Nx == 16)
     a = op.matrix()
+    ones = torch.ones(1, 1, op.Ny, op.Nx, dtype=F64)
+    torch.testing.assert_close(a @ ones.flatten(), linear(op, ones).flatten())  # rows as forward's
     s = op.singular_values()[0]
     k, d = s.shape[0], op.dim
     exact = torch.linalg.svdvals(a)
@@ -88,7 +102,8 @@ def test_svd_pieces(op):
     assert err <= 1.01 * op.svd_rtol * exact[0]
 
 
-def test_pseudo_inverse_solves_least_squares(op):
+def test_pseudo_inverse_solves_least_squares(svd_op):
+    op = svd_op
     """In the kept row space the pseudo-inverse recovers x exactly from noiseless data, and for
     any x it gives the minimum-norm least-squares solution of the truncated problem."""
     s = op.singular_values()[0]
@@ -97,7 +112,7 @@ def test_pseudo_inverse_solves_least_squares(op):
     z[:, :k] = torch.randn(2, k, dtype=F64, generator=torch.Generator().manual_seed(2))
     x = op.V(z)
     torch.testing.assert_close(op.pseudo_inverse(linear(op, x)), x, atol=1e-8, rtol=1e-8)
-    xr = rand_x(2, seed=3)
+    xr = rand_x(2, seed=3, size=op.Nx)
     p = op.pseudo_inverse(linear(op, xr))
     # normal equations on the kept subspace: V_k^T (A^T (A p - y)) = 0
     normal = op.Vt(op.adjoint(linear(op, p) - linear(op, xr)))[:, :k]
@@ -191,3 +206,43 @@ def test_phantom_lmdb_round_trip(tmp_path):
         np.testing.assert_array_equal(ds.raw(i), data[i])
         x = ds[i]["target"].numpy()
         np.testing.assert_allclose(x, data[i] * 2 - 1, atol=1e-6)  # [0, 1] -> [-1, 1]
+
+
+# -- the small configuration with the shipped prior --------------------------------------------
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_shipped_small_test_split_matches_generator():
+    ds = LMDBData(ROOT / "data/inv-scatter-small/test", resolution=32, mean=0.5, std=0.25)
+    assert len(ds) == 16
+    raw = np.stack([ds.raw(i) for i in range(16)])
+    np.testing.assert_array_equal(raw[:2], generate(2, 32, seed=1, supersample=2))
+    assert 0.0 <= raw.min() and raw.max() <= 1.0
+    assert abs(float(raw.mean()) - 0.099) < 0.001 and abs(float(raw.std()) - 0.221) < 0.001
+
+
+def test_small_problem_end_to_end_dps_beats_pseudo_inverse(config_factory):
+    """inv-scatter-small through main.py: DPS (shortened) and FISTA-TV with the shipped prior,
+    against the truncated pseudo-inverse of the same measurements."""
+    from eval import InverseScatter as Metrics
+    from main import run
+
+    common = ["problem=inv-scatter-small", "pretrain=inv-scatter-small", "problem.data.id_list=0-1"]
+    dps = run(
+        config_factory(
+            [*common, "algorithm=dps", "algorithm.method.diffusion_scheduler_config.num_steps=100"]
+        )
+    )
+    fista = run(config_factory([*common, "algorithm=fista_tv"]))
+    assert dps["op_gradient"] == 100 and fista["nfe"] == 0
+    cfg = config_factory(common)
+    op = InverseScatter(**{k: v for k, v in cfg.problem.model.items() if k != "_target_"})
+    ds = LMDBData(ROOT / "data/inv-scatter-small/test", resolution=32, mean=0.5, std=0.25)
+    metrics = Metrics()
+    for i in range(2):
+        x = ds[i]["target"][None]
+        obs = op({"target": x}, BatchRNG.for_items(0, [i], 0))
+        recon = op.pseudo_inverse(obs.y - op.forward(torch.zeros_like(x)))
+        metrics(op.unnormalize(recon), op.unnormalize(x))
+    pinv = metrics.compute()["psnr"]
+    assert dps["psnr"] > pinv + 5 and fista["psnr"] > pinv + 5, (dps["psnr"], fista["psnr"], pinv)

@@ -21,6 +21,8 @@ from utils.results import collate
 from utils.rng import BatchRNG
 
 FAST = [
+    "problem=gmm",
+    "pretrain=gmm",
     "algorithm.method.diffusion_scheduler_config.num_steps=40",
     "num_samples=32",
     "problem.evaluator.num_reference=2000",
