@@ -135,13 +135,16 @@ class NavierStokes2d:
         delta_t: float = 1e-2,
         adaptive: bool = True,
         check_every: int = 8,
+        max_steps: int = 20_000,
     ) -> torch.Tensor:
         """Advance vorticity w0 (B, s1, s2) from t=0 to t=T; returns w(T), same shape/dtype.
 
         forcing: time-independent (s1, s2) real field or None. adaptive=True picks Δt per element
         from the CFL rule (see module docstring), checking for completion every ``check_every``
-        steps; adaptive=False uses ``delta_t`` for every element. Differentiable w.r.t. w0 and
-        forcing when grad is enabled by the caller.
+        steps and giving up after ``max_steps``: elements not at T by then (a vorticity so large
+        that the CFL step is tiny, as a diverging sampler can propose) come back as NaN instead
+        of stalling the batch; adaptive=False uses ``delta_t`` for every element. Differentiable
+        w.r.t. w0 and forcing when grad is enabled by the caller.
         """
         if w0.dim() != 3 or tuple(w0.shape[-2:]) != (self.s1, self.s2):
             raise ValueError(f"w0 must be (B, {self.s1}, {self.s2}), got {tuple(w0.shape)}")
@@ -169,6 +172,10 @@ class NavierStokes2d:
                 w_h = self._step(w_h, f_h, dt[:, None, None], nonlin1)
                 steps += 1
                 if steps % check_every == 0 and not bool((rem > 0).any()):
+                    break
+                if steps >= max_steps:
+                    unfinished = (rem > 0)[:, None, None]
+                    w_h = torch.where(unfinished, torch.full_like(w_h, math.nan), w_h)
                     break
         return fft.irfft2(w_h, s=(self.s1, self.s2)).to(w0.dtype)
 

@@ -173,6 +173,17 @@ def test_zero_time_and_finishes_exactly_at_T():
     assert rel(w, w0 * math.exp(-2 * 0.0123 / 100.0)) < 1e-12
 
 
+def test_adaptive_step_gives_up_on_runaway_elements():
+    """An element whose CFL step would take millions of steps comes back as NaN after max_steps;
+    the other elements of the batch are unaffected."""
+    s = 16
+    solver = NavierStokes2d(s, s, Re=100.0)
+    w0 = torch.stack([taylor_green(s, 1), 1e7 * taylor_green(s, 1)])
+    w = solver.solve(w0, None, 0.05, adaptive=True, max_steps=200)
+    assert torch.isnan(w[1]).all()
+    torch.testing.assert_close(w[0], solver.solve(w0[:1], None, 0.05, adaptive=True)[0])
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_matches_cpu():
     s = 32
