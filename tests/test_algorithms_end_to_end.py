@@ -42,6 +42,7 @@ TINY = {
     ],
     "eki": [f"{M}.num_particles=8", f"{M}.num_updates=2"],
     "enkg": [f"{M}.num_particles=8", f"{M}.num_steps=4"],
+    "fista_tv": [f"{M}.num_iters=3", f"{M}.tv_iters=2", f"{M}.power_iters=3"],
     "fps": [f"{M}.scheduler_config.num_steps=4", f"{M}.num_particles=4"],
     "lgd": [f"{M}.diffusion_scheduler_config.num_steps=4"],
     "mcgdiff": [f"{M}.scheduler_config.num_steps=4", f"{M}.num_particles=4"],

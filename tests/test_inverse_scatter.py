@@ -246,3 +246,13 @@ def test_small_problem_end_to_end_dps_beats_pseudo_inverse(config_factory):
         metrics(op.unnormalize(recon), op.unnormalize(x))
     pinv = metrics.compute()["psnr"]
     assert dps["psnr"] > pinv + 5 and fista["psnr"] > pinv + 5, (dps["psnr"], fista["psnr"], pinv)
+
+
+def test_default_run_is_small_inverse_scattering_with_dps():
+    """``python main.py`` with no overrides: inv-scatter-small, its prior, DPS."""
+    from tests.conftest import make_config
+
+    cfg = make_config([])
+    assert cfg.problem.name == "inv-scatter-small" and cfg.algorithm.name == "dps"
+    assert cfg.pretrain.data.root == "data/inv-scatter-small/train"
+    assert (ROOT / cfg.problem.prior).is_file()
