@@ -1,11 +1,14 @@
 """Every algorithm against the exact posterior: Gaussian mixture (d, d_y) and Gaussian random field;
-and, with --ns, the Navier–Stokes problems (relative L2).
+with --ns, the Navier–Stokes problems (relative L2); with --scatter, inverse scattering (PSNR,
+SSIM).
 
     python benchmarks/bench_algorithms_exact.py                      # all algorithms, all settings
     python benchmarks/bench_algorithms_exact.py --algorithms dps ddrm --gmm 8:1 8:4 --no-grf
     python benchmarks/bench_algorithms_exact.py --items 4 --samples 200 -- algorithm.method.x=1
     python benchmarks/bench_algorithms_exact.py --gmm --no-grf --ns navier-stokes-grf \
         navier-stokes-small --algorithms enkg eki dpg scg dps_gsg --items 3 --samples 1
+    python benchmarks/bench_algorithms_exact.py --gmm --no-grf --scatter inv-scatter-small \
+        --items 5 --samples 1 --batch 5
 
 Each (problem, algorithm) runs through main.py's pipeline (so results resume: a rerun only
 computes what is missing; pass --out to keep runs apart) with the algorithm's defaults plus
@@ -31,6 +34,7 @@ METRICS = {
     "gmm": ("sw", "mode_tv"),
     "grf": ("mean_rel_err", "std_rel_err", "sw"),
     "ns": ("relative_l2",),
+    "scatter": ("psnr", "ssim"),
 }
 PRIOR = {"navier-stokes-grf": "grf", "navier-stokes-small": "navier-stokes-small"}
 COUNTS = ("nfe", "op_forward", "op_gradient", "op_linear")
@@ -40,7 +44,7 @@ def all_algorithms() -> list[str]:
     return sorted(p.stem for p in (ROOT / "configs" / "algorithm").glob("*.yaml"))
 
 
-def settings(gmm: list[str], grf: bool, ns: list[str]):
+def settings(gmm: list[str], grf: bool, ns: list[str], scatter: list[str]):
     for spec in gmm:
         d, dy = (int(v) for v in spec.split(":"))
         yield (
@@ -53,12 +57,14 @@ def settings(gmm: list[str], grf: bool, ns: list[str]):
         yield "grf 32x32, 64 pixels", "grf", ["problem=grf", "pretrain=grf"], "grf"
     for name in ns:
         yield name, "ns", [f"problem={name}", f"pretrain={PRIOR.get(name, name)}"], name
+    for name in scatter:
+        yield name, "scatter", [f"problem={name}", f"pretrain={name}"], name
 
 
 def run_one(problem_overrides, algo, tag, kind, args) -> dict | str:
     items = (
         f"problem.data.id_list=0-{args.items - 1}"
-        if kind == "ns"
+        if kind in ("ns", "scatter")
         else f"problem.data.num_items={args.items}"
     )
     overrides = [
@@ -91,6 +97,7 @@ def main() -> None:
     p.add_argument("--gmm", nargs="*", default=["8:1", "8:2", "8:4", "80:1", "80:2", "80:4"])
     p.add_argument("--no-grf", action="store_true")
     p.add_argument("--ns", nargs="*", default=[], help="Navier-Stokes problems to add")
+    p.add_argument("--scatter", nargs="*", default=[], help="inverse-scattering problems to add")
     p.add_argument("--items", type=int, default=5)
     p.add_argument("--samples", type=int, default=500)
     p.add_argument("--batch", type=int, default=5)
@@ -100,7 +107,9 @@ def main() -> None:
     algorithms = args.algorithms or all_algorithms()
     tables = []
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        for title, kind, problem_overrides, tag in settings(args.gmm, not args.no_grf, args.ns):
+        for title, kind, problem_overrides, tag in settings(
+            args.gmm, not args.no_grf, args.ns, args.scatter
+        ):
             rows = []
             for algo in algorithms:
                 print(f"{title}: {algo}", flush=True)
