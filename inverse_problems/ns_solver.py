@@ -136,14 +136,16 @@ class NavierStokes2d:
         adaptive: bool = True,
         check_every: int = 8,
         max_steps: int = 20_000,
+        cfl: float = 0.5,
     ) -> torch.Tensor:
         """Advance vorticity w0 (B, s1, s2) from t=0 to t=T; returns w(T), same shape/dtype.
 
         forcing: time-independent (s1, s2) real field or None. adaptive=True picks Δt per element
-        from the CFL rule (see module docstring), checking for completion every ``check_every``
-        steps and giving up after ``max_steps``: elements not at T by then (a vorticity so large
-        that the CFL step is tiny, as a diverging sampler can propose) come back as NaN instead
-        of stalling the batch; adaptive=False uses ``delta_t`` for every element. Differentiable
+        from the CFL rule (see module docstring) with Courant number ``cfl`` (the reference's
+        0.5, on its h = 1/s), checking for completion every ``check_every`` steps and giving up
+        after ``max_steps``: elements not at T by then (a vorticity so large that the CFL step is
+        tiny, as a diverging sampler can propose) come back as NaN instead of stalling the
+        batch; adaptive=False uses ``delta_t`` for every element. Differentiable
         w.r.t. w0 and forcing when grad is enabled by the caller.
         """
         if w0.dim() != 3 or tuple(w0.shape[-2:]) != (self.s1, self.s2):
@@ -167,7 +169,7 @@ class NavierStokes2d:
             while True:
                 nonlin1, speed2 = self.nonlinear_term(w_h, f_h, speed=True)
                 # max|u| = 0 gives an infinite CFL step, capped by the diffusive bound.
-                dt = torch.minimum((0.5 * self.h / speed2.detach().sqrt()).clamp(max=dt_diff), rem)
+                dt = torch.minimum((cfl * self.h / speed2.detach().sqrt()).clamp(max=dt_diff), rem)
                 rem = rem - dt  # exactly 0 once dt == rem; NaN (blow-up) also counts as done
                 w_h = self._step(w_h, f_h, dt[:, None, None], nonlin1)
                 steps += 1

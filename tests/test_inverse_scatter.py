@@ -222,30 +222,33 @@ def test_shipped_small_test_split_matches_generator():
 
 
 def test_small_problem_end_to_end_dps_beats_pseudo_inverse(config_factory):
-    """inv-scatter-small through main.py: DPS (shortened) and FISTA-TV with the shipped prior,
-    against the truncated pseudo-inverse of the same measurements."""
+    """inv-scatter-small through main.py with the shipped prior and tuned settings: DPS and
+    FISTA-TV beat the pseudo-inverse truncated at the reference's mask S > 1e-3 (on the 10
+    default items: DPS 31.2 dB, pseudo-inverse 29.3 dB; truncated only at svd_rtol: 4.3 dB)."""
     from eval import InverseScatter as Metrics
     from main import run
 
     common = ["problem=inv-scatter-small", "pretrain=inv-scatter-small", "problem.data.id_list=0-1"]
-    dps = run(
-        config_factory(
-            [*common, "algorithm=dps", "algorithm.method.diffusion_scheduler_config.num_steps=100"]
-        )
-    )
+    dps = run(config_factory([*common, "algorithm=dps"]))
     fista = run(config_factory([*common, "algorithm=fista_tv"]))
-    assert dps["op_gradient"] == 100 and fista["nfe"] == 0
+    assert dps["op_gradient"] == 500 and fista["nfe"] == 0
     cfg = config_factory(common)
     op = InverseScatter(**{k: v for k, v in cfg.problem.model.items() if k != "_target_"})
     ds = LMDBData(ROOT / "data/inv-scatter-small/test", resolution=32, mean=0.5, std=0.25)
-    metrics = Metrics()
+    s, keep = op.singular_values()[0], op.M()[0]
+    plain, masked = Metrics(), Metrics()
     for i in range(2):
         x = ds[i]["target"][None]
         obs = op({"target": x}, BatchRNG.for_items(0, [i], 0))
-        recon = op.pseudo_inverse(obs.y - op.forward(torch.zeros_like(x)))
-        metrics(op.unnormalize(recon), op.unnormalize(x))
-    pinv = metrics.compute()["psnr"]
-    assert dps["psnr"] > pinv + 5 and fista["psnr"] > pinv + 5, (dps["psnr"], fista["psnr"], pinv)
+        y_lin = obs.y - op.forward(torch.zeros_like(x))
+        plain(op.unnormalize(op.pseudo_inverse(y_lin)), op.unnormalize(x))
+        z = op.Vt(op.adjoint(y_lin))
+        z[:, : s.shape[0]] = torch.where(keep, z[:, : s.shape[0]] / s.square(), 0.0)
+        z[:, s.shape[0] :] = 0
+        masked(op.unnormalize(op.V(z)), op.unnormalize(x))
+    pinv = masked.compute()["psnr"]
+    assert plain.compute()["psnr"] < pinv  # noise amplified by the small singular values
+    assert dps["psnr"] > pinv and fista["psnr"] > pinv, (dps["psnr"], fista["psnr"], pinv)
 
 
 def test_default_run_is_small_inverse_scattering_with_dps():
