@@ -33,6 +33,7 @@ class ForwardNavierStokes2d(BaseOperator):
         dtype="float32",
         delta_t: float = 1e-2,
         adaptive: bool = True,
+        cfl: float = 0.5,
         differentiable: bool = False,
         sigma_noise: float = 0.0,
         unnorm_shift: float = 0.0,
@@ -52,6 +53,7 @@ class ForwardNavierStokes2d(BaseOperator):
         self.downsample_factor = int(downsample_factor)
         self.delta_t = float(delta_t)
         self.adaptive = bool(adaptive)
+        self.cfl = float(cfl)
         self.solver = NavierStokes2d(
             resolution, resolution, L, L, Re=Re, device=self.device, dtype=self.dtype
         )
@@ -75,7 +77,12 @@ class ForwardNavierStokes2d(BaseOperator):
         w0 = self.unnormalize(x[:, 0]).to(self.device, self.dtype)
         with torch.set_grad_enabled(self.differentiable and torch.is_grad_enabled()):
             w = self.solver.solve(
-                w0, self.forcing, self.forward_time, self.delta_t, adaptive=self.adaptive
+                w0,
+                self.forcing,
+                self.forward_time,
+                self.delta_t,
+                adaptive=self.adaptive,
+                cfl=self.cfl,
             )
         f = self.downsample_factor
         return w[:, None, ::f, ::f].to(x.dtype)
