@@ -1,0 +1,182 @@
+"""Compressed-sensing multi-coil MRI: the SENSE forward model.
+
+    y_c = M F (S_c x) + noise,   c = 1 ... Nc coils,
+
+with x the complex image (two real channels, real and imaginary, as the reference), S_c the coil
+sensitivity maps, F the centered orthonormal 2-D FFT (ifftshift, fft2 with norm="ortho",
+fftshift) and M a binary undersampling mask of phase-encode lines. Measurements are real pairs
+(..., Nc, H, W, 2) (``view_as_real``, as the reference); complex noise CN(0, sigma^2) is
+sigma / sqrt(2) per part.
+
+Per-item physics travels with the batch: ``maps`` (B, Nc, H, W) complex and ``mask`` (B, H, W) or
+(B, 1, W) / (B, H, 1) boolean are entries of the ``Observation``, so items with different coils and
+masks are solved in one call and the operator keeps no state (the reference stores the maps of the
+current item on the operator, which limits it to one item at a time). A data item that carries no
+mask gets the operator's own, drawn once from ``mask_seed`` by a local generator (the reference
+reseeds numpy's global RNG).
+
+Observations: with ``kspace`` in the data item (the "real" variants: raw scanner k-space with its
+own acquisition noise) y = M kspace and no noise is added; without it ("sim" variants, or
+``simulated_kspace=true`` data) y = M F(S x) + noise. The linear part is the whole forward map
+(no offset), with an exact adjoint sum_c conj(S_c) F^H M y_c.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from inverse_problems.base import BaseOperator, Observation, group_rows
+
+
+def fft2c(x: torch.Tensor) -> torch.Tensor:
+    """Centered orthonormal 2-D FFT over the last two axes."""
+    dims = (-2, -1)
+    return torch.fft.fftshift(
+        torch.fft.fft2(torch.fft.ifftshift(x, dim=dims), norm="ortho"), dim=dims
+    )
+
+
+def ifft2c(k: torch.Tensor) -> torch.Tensor:
+    """Inverse of ``fft2c`` (also its adjoint: the transform is unitary)."""
+    dims = (-2, -1)
+    return torch.fft.fftshift(
+        torch.fft.ifft2(torch.fft.ifftshift(k, dim=dims), norm="ortho"), dim=dims
+    )
+
+
+def acs_lines(total_lines: int, acceleration: float) -> int:
+    """The reference's auto-calibration lines: 8 % of the lines for acceleration <= 6, else 4 %."""
+    frac = 0.08 if 1 < acceleration <= 6 else 0.04
+    return math.floor(frac * total_lines)
+
+
+def line_mask(
+    total_lines: int,
+    acceleration: float,
+    pattern: str = "random",
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """(total_lines,) bool: floor(total / R) sampled lines, the ACS block centred, the rest random
+    (``pattern='random'``, drawn from ``generator``) or evenly spaced (``'equispaced'``)."""
+    if pattern not in ("random", "equispaced"):
+        raise ValueError(f"pattern must be 'random' or 'equispaced', got {pattern!r}")
+    n = int(total_lines)
+    num = math.floor(n / acceleration)
+    acs = min(acs_lines(n, acceleration), num)
+    mask = torch.zeros(n, dtype=torch.bool)
+    start = (n - acs) // 2
+    mask[start : start + acs] = True
+    rest = num - acs
+    free = torch.nonzero(~mask).flatten()
+    if rest > 0:
+        if pattern == "random":
+            pick = free[torch.randperm(free.numel(), generator=generator)[:rest]]
+        else:
+            pick = free[torch.linspace(0, free.numel() - 1, rest).round().long()]
+        mask[pick] = True
+    return mask
+
+
+class MultiCoilMRI(BaseOperator):
+    physics_keys = ("maps", "mask")
+    capabilities = frozenset({"gradient", "linear", "adjoint"})
+
+    def __init__(
+        self,
+        total_lines: int = 320,
+        acceleration_ratio: float = 4,
+        pattern: str = "random",
+        orientation: str = "vertical",
+        mask_fname: str | None = None,
+        mask_seed: int = 0,
+        sigma_noise: float = 0.0,
+        device="cpu",
+        **_ignored,
+    ):
+        super().__init__(sigma_noise, 0.0, 1.0, device)
+        if orientation not in ("vertical", "horizontal"):
+            raise ValueError(f"orientation must be 'vertical' or 'horizontal', got {orientation!r}")
+        self.orientation = orientation
+        self.acceleration = float(acceleration_ratio)
+        if mask_fname:
+            lines = torch.from_numpy(np.load(mask_fname)).reshape(-1).bool()
+        else:
+            g = torch.Generator().manual_seed(int(mask_seed))
+            lines = line_mask(total_lines, self.acceleration, pattern, g)
+        self.lines = lines.to(self.device)
+
+    def default_mask(self) -> torch.Tensor:
+        """(1, 1, W) for vertical lines (columns sampled), (1, H, 1) for horizontal."""
+        return (
+            self.lines[None, None, :]
+            if self.orientation == "vertical"
+            else self.lines[None, :, None]
+        )
+
+    # -- physics ---------------------------------------------------------------------------------
+    @staticmethod
+    def _complex_rows(x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] != 2:
+            raise ValueError(
+                f"x must have 2 channels (real, imaginary), got shape {tuple(x.shape)}"
+            )
+        return torch.complex(x[:, 0].to(torch.float64), x[:, 1].to(torch.float64))
+
+    def forward(self, x: torch.Tensor, maps: torch.Tensor, mask: torch.Tensor, **_) -> torch.Tensor:
+        """(R, 2, H, W) images -> (R, Nc, H, W, 2) masked k-space, item-major rows."""
+        B = maps.shape[0]
+        img = group_rows(self._complex_rows(x), B)  # (B, n, H, W)
+        k = fft2c(img.unsqueeze(2) * maps.unsqueeze(1).to(img.dtype))  # (B, n, Nc, H, W)
+        k = k * mask.reshape(B, 1, 1, *mask.shape[-2:]).to(k.real.dtype)
+        return torch.view_as_real(k.flatten(0, 1).contiguous())
+
+    def adjoint(self, y: torch.Tensor, maps: torch.Tensor, mask: torch.Tensor, **_) -> torch.Tensor:
+        """sum_c conj(S_c) F^H M y_c as (R, 2, H, W) float64."""
+        B = maps.shape[0]
+        k = group_rows(torch.view_as_complex(y.to(torch.float64).contiguous()), B)
+        k = k * mask.reshape(B, 1, 1, *mask.shape[-2:]).to(k.real.dtype)
+        img = (ifft2c(k) * maps.conj().unsqueeze(1).to(k.dtype)).sum(2)  # (B, n, H, W)
+        img = img.flatten(0, 1)
+        return torch.stack([img.real, img.imag], dim=1)
+
+    def gradient(self, x: torch.Tensor, observation: Observation, return_loss: bool = False):
+        """2 A^H (A x - y) per row, in x's dtype."""
+        pred = self.forward(x, **observation.physics)
+        residual = group_rows(pred, observation.batch) - observation.y.unsqueeze(1).to(pred.dtype)
+        residual = residual.flatten(0, 1)
+        grad = (2.0 * self.adjoint(residual, **observation.physics)).to(x.dtype)
+        if return_loss:
+            return grad, residual.square().flatten(1).sum(1)
+        return grad
+
+    def noise_std(self, physics, batch: int) -> torch.Tensor:
+        if "sigma_noise" in physics:
+            return physics["sigma_noise"].reshape(batch)
+        return torch.full(
+            (batch,), self.sigma_noise / math.sqrt(2), device=self.device, dtype=torch.float64
+        )
+
+    # -- observations ----------------------------------------------------------------------------
+    def __call__(self, data, rng) -> Observation:
+        """Measurements of a batch: masked raw k-space when the items carry ``kspace``, else
+        simulated from ``target`` and the maps, plus noise."""
+        maps = data["maps"].to(self.device)
+        B = maps.shape[0]
+        mask = data.get("mask")
+        mask = self.default_mask().expand(B, -1, -1) if mask is None else mask.to(self.device)
+        physics = {"maps": maps, "mask": mask.bool()}
+        if "kspace" in data:
+            k = data["kspace"].to(self.device)
+            k = k * mask.reshape(B, 1, *mask.shape[-2:]).to(k.real.dtype)
+            return Observation(torch.view_as_real(k.to(torch.complex128).contiguous()), physics)
+        with torch.no_grad():
+            y = self.forward(data["target"].to(self.device), **physics)
+        std = self.noise_std(physics, B).to(y.device)
+        if torch.any(std > 0):
+            noise = rng.randn_like(y).to(y.device)
+            y = y + std.reshape(-1, *[1] * (y.dim() - 1)).to(y.dtype) * noise
+            y = y * mask.reshape(B, 1, *mask.shape[-2:], 1).to(y.dtype)  # noise only where sampled
+        return Observation(y, physics)
