@@ -141,3 +141,32 @@ class InverseScatter(Evaluator):
         psnr = piq.psnr(p, t, data_range=1.0, reduction="none")
         ssim = piq.ssim(p, t, data_range=1.0, reduction="none")
         return {"psnr": float(psnr.mean()), "ssim": float(ssim.mean())}
+
+
+class MRI(Evaluator):
+    """The reference's MRI metrics, per sample and averaged over the item's samples (for every
+    number of samples; the reference's batching returns nothing for 1 < N < 32): PSNR and SSIM of
+    magnitude images with the prediction clipped to [0, max target] and data range max target
+    (piq), and the data misfit ||A(x_hat) - y||_2 when the operator and observation are given."""
+
+    def evaluate(self, pred, target, observation=None):
+        import piq
+
+        def magnitude(z):
+            z = z.to(torch.float64)
+            return z.square().sum(1, keepdim=True).sqrt()
+
+        t = magnitude(target)
+        top = float(t.max())
+        p = magnitude(pred).clamp(0, top) / top
+        t = (t / top).expand_as(p)
+        out = {
+            "psnr": float(piq.psnr(p, t, data_range=1.0, reduction="none").mean()),
+            "ssim": float(piq.ssim(p.float(), t.float(), data_range=1.0, reduction="none").mean()),
+        }
+        if self.forward_op is not None and observation is not None:
+            with torch.no_grad():
+                m = self.forward_op.forward(pred.to(torch.float64), **observation.physics)
+            misfit = (m - observation.y.to(m.dtype)).flatten(1).norm(dim=1)
+            out["data_misfit"] = float(misfit.mean())
+        return out
