@@ -201,3 +201,100 @@ class MultiCoilMRILMDBData(Dataset):
         if not self.simulated_kspace:
             item["kspace"] = self._read("kspace", index)
         return item
+
+
+def center_crop(x: torch.Tensor, size) -> torch.Tensor:
+    """Central (h, w) window of the last two axes."""
+    h, w = size
+    top = (x.shape[-2] - h) // 2
+    left = (x.shape[-1] - w) // 2
+    return x[..., top : top + h, left : left + w]
+
+
+def mvue(kspace: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
+    """Minimum-variance unbiased coil combination sum_c conj(S_c) F^H k_c / sqrt(sum_c |S_c|^2)
+    (the reference's MVUE), (Nc, H, W) -> (H, W)."""
+    from inverse_problems.multi_coil_mri import ifft2c
+
+    norm = maps.abs().square().sum(0).sqrt()
+    combined = (ifft2c(kspace) * maps.conj()).sum(0)
+    return torch.where(norm > 0, combined / norm.clamp_min(1e-30), torch.zeros_like(combined))
+
+
+class MultiCoilMRIData(Dataset):
+    """fastMRI multi-coil HDF5 scans with ESPIRiT maps, the reference's ``MultiCoilMRIData``.
+
+    ``root`` is the folder of ESPIRiT files (``*_sens_maps_espirit``, dataset ``s_maps``, shape
+    (slices, Nc, H0, W0)); the k-space of each file is read from the same file name in the folder
+    without the ``_sens_maps_espirit`` suffix (dataset ``kspace``, same shape). Items are
+    (file, slice) pairs for slices in ``slice_range`` (the reference drops the first and last 5).
+    Both are brought to ``image_size`` in image space: coil images F^H k and maps are centre-
+    cropped (halving the 2x-oversampled readout FOV and cropping the phase-encode lines), then
+    k-space is F of the cropped coil images. The target is the MVUE divided by its 99th-percentile
+    magnitude; raw k-space is divided by the same number (``simulated_kspace=false``), or left to
+    the operator to simulate from the target and maps (``true``). Sorted file names make the
+    item order reproducible."""
+
+    suffix = "_sens_maps_espirit"
+
+    def __init__(
+        self,
+        root,
+        image_size=(320, 320),
+        mvue_only: bool = False,
+        slice_range=(5, -5),
+        id_list=None,
+        simulated_kspace: bool = False,
+    ):
+        import h5py
+
+        self.maps_root = Path(root)
+        name = self.maps_root.name
+        if not name.endswith(self.suffix):
+            raise ValueError(
+                f"root must be an ESPIRiT folder ending in {self.suffix!r}, got {root}"
+            )
+        self.kspace_root = self.maps_root.with_name(name[: -len(self.suffix)])
+        files = sorted(self.maps_root.glob("*.h5"))
+        if not files:
+            raise FileNotFoundError(
+                f"no ESPIRiT .h5 files in {self.maps_root} (k-space expected in "
+                f"{self.kspace_root}). {DATA_SOURCE}."
+            )
+        self.size = tuple(int(s) for s in image_size)
+        self.mvue_only, self.simulated_kspace = bool(mvue_only), bool(simulated_kspace)
+        items = []
+        for f in files:
+            if not (self.kspace_root / f.name).is_file():
+                raise FileNotFoundError(f"k-space file {self.kspace_root / f.name} is missing")
+            with h5py.File(f, "r") as h:
+                n = h["s_maps"].shape[0]
+            items += [(f.name, s) for s in range(n)[slice(*slice_range)]]
+        ids = parse_int_list(id_list) or list(range(len(items)))
+        self.items = [items[i] for i in ids]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict:
+        import h5py
+
+        from inverse_problems.multi_coil_mri import fft2c, ifft2c
+
+        name, s = self.items[index]
+        with h5py.File(self.kspace_root / name, "r") as h:
+            k = torch.from_numpy(np.asarray(h["kspace"][s])).to(torch.complex128)
+        with h5py.File(self.maps_root / name, "r") as h:
+            maps = torch.from_numpy(np.asarray(h["s_maps"][s])).to(torch.complex128)
+        k = fft2c(center_crop(ifft2c(k), self.size))
+        maps = center_crop(maps, self.size)
+        image = mvue(k, maps)
+        scale = torch.quantile(image.abs().flatten().float(), 0.99).double()
+        image, k = image / scale, k / scale
+        target = torch.stack([image.real, image.imag]).float()
+        if self.mvue_only:
+            return {"target": target}
+        item = {"target": target, "maps": maps.to(torch.complex64)}
+        if not self.simulated_kspace:
+            item["kspace"] = k.to(torch.complex64)
+        return item
