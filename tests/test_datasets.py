@@ -49,3 +49,16 @@ def test_prior_samples_dataset():
     assert len(data) == 10 and data[3]["target"].shape == (1, 8, 8)
     again = PriorDraws(matern_field(size=8), num_items=10, seed=1)
     assert torch.equal(data[3]["target"], again[3]["target"])
+
+
+def test_two_readers_of_one_lmdb_in_one_process(tmp_path):
+    """LMDB refuses a second handle on an open environment; readers share one (this failed when
+    a run's test set and another reader of the same folder were alive together)."""
+    import numpy as np
+
+    from training.dataset import LMDBData, write_lmdb
+
+    write_lmdb(tmp_path / "db", [np.full((1, 4, 4), i, dtype=np.float32) for i in range(3)])
+    a = LMDBData(tmp_path / "db", resolution=4)
+    b = LMDBData(tmp_path / "db", resolution=4)
+    assert float(a[2]["target"].max()) == float(b[2]["target"].max()) == 2.0

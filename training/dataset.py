@@ -8,6 +8,7 @@ resized with antialiasing when the raw resolution differs (InverseBench's FWI da
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,19 @@ DATA_SOURCE = (
     "InverseBench's test/validation data come from its CaltechData record (see the reference "
     "README); the scripts/ folder generates synthetic data in the same format"
 )
+
+
+_OPEN: dict = {}  # (pid, path) -> environment: LMDB allows one handle per environment and process
+
+
+def open_readonly(path):
+    """A read-only LMDB environment, shared by every reader of ``path`` in this process."""
+    import lmdb
+
+    key = (os.getpid(), str(Path(path).resolve()))
+    if key not in _OPEN:
+        _OPEN[key] = lmdb.open(key[1], readonly=True, lock=False, readahead=False, meminit=False)
+    return _OPEN[key]
 
 
 def write_lmdb(root, arrays, dtype=np.float32) -> None:
@@ -68,11 +82,7 @@ class LMDBData(Dataset):
 
     def _open(self):
         if self._env is None:  # opened lazily so that DataLoader workers get their own handle
-            import lmdb
-
-            self._env = lmdb.open(
-                str(self.root), readonly=True, lock=False, readahead=False, meminit=False
-            )
+            self._env = open_readonly(self.root)
         return self._env
 
     def __getstate__(self):

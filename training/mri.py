@@ -17,7 +17,6 @@ of squares, as sigpy's ``birdcage_maps``); k-space F(S_c x) plus complex Gaussia
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -25,22 +24,12 @@ import torch
 from torch.utils.data import Dataset
 
 from inverse_problems.multi_coil_mri import fft2c
-from training.dataset import DATA_SOURCE
+from training.dataset import DATA_SOURCE, open_readonly
 from training.phantoms import _smooth_noise
 from utils.helper import parse_int_list
 from utils.rng import DATA, derive_seed
 
 ENVS = ("mvue", "s_maps", "kspace")
-_OPEN: dict = {}  # (pid, path) -> environment: LMDB allows one handle per environment and process
-
-
-def _open_readonly(path: Path):
-    import lmdb
-
-    key = (os.getpid(), str(Path(path).resolve()))
-    if key not in _OPEN:
-        _OPEN[key] = lmdb.open(key[1], readonly=True, lock=False, readahead=False, meminit=False)
-    return _OPEN[key]
 
 
 def birdcage_maps(coils: int, n: int, radius: float = 1.5) -> torch.Tensor:
@@ -176,7 +165,7 @@ class MultiCoilMRILMDBData(Dataset):
 
     def _env(self, name):
         if name not in self._envs:
-            self._envs[name] = _open_readonly(self.root / name)
+            self._envs[name] = open_readonly(self.root / name)
         return self._envs[name]
 
     def __getstate__(self):
