@@ -16,6 +16,7 @@ from pathlib import Path
 
 import hydra
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
@@ -83,11 +84,16 @@ def build(config: DictConfig, device: torch.device):
     if config.compile:
         net = torch.compile(net)
     counts = Counts()
-    algo = instantiate(
-        config.algorithm.method,
-        net=CountingNet(net, counts),
-        forward_op=CountingOperator(forward_op, counts),
-    )
+    try:
+        algo = instantiate(
+            config.algorithm.method,
+            net=CountingNet(net, counts),
+            forward_op=CountingOperator(forward_op, counts),
+        )
+    except InstantiationException as err:
+        if isinstance(err.__cause__, ValueError):  # the algorithm's own message (capabilities...)
+            raise err.__cause__ from None
+        raise
     evaluator = instantiate(config.problem.evaluator, forward_op=forward_op)
     return forward_op, testset, algo, evaluator, counts
 

@@ -250,3 +250,57 @@ def test_fastmri_hdf5_reader(tmp_path):
     assert float((sim - expected).abs().max()) < 1e-5 * float(expected.abs().max())
     with pytest.raises(ValueError, match="_sens_maps_espirit"):
         MultiCoilMRIData(tmp_path / "val")
+
+
+def test_sigpy_fft_is_the_operators():
+    import sigpy as sp
+
+    x = torch.randn(3, 16, 16, dtype=torch.complex128)
+    torch.testing.assert_close(torch.from_numpy(sp.fft(x.numpy(), axes=(-2, -1))), fft2c(x))
+
+
+def test_cs_baselines_beat_zero_filled_on_small_problem():
+    """On two shipped multi-coil-mri-small scans (raw k-space, 4x): SENSE and L1-wavelet CS
+    beat the zero-filled reconstruction A^H y (measured on items 0-2: zero-filled 17.9 dB, SENSE
+    23.0, L1-wavelet lamda 1e-3 23.3)."""
+    from pathlib import Path
+
+    from algo.cs_mri import CompressedSensingMRI
+    from eval import MRI
+    from training.mri import MultiCoilMRILMDBData
+
+    root = Path(__file__).resolve().parents[1] / "data/multi-coil-mri-small/test"
+    ds = MultiCoilMRILMDBData(root, image_size=[64, 64], id_list="0-1")
+    data = {k: torch.stack([ds[i][k] for i in range(2)]) for k in ds[0]}
+    op = MultiCoilMRI(total_lines=64, acceleration_ratio=4)
+    obs = op(data, BatchRNG.for_items(0, range(2), 0))
+
+    class Net:
+        shape = (2, 64, 64)
+
+    def psnr(pred):
+        ev = MRI(op)
+        for i in range(2):
+            ev(
+                pred[2 * i : 2 * i + 1] if pred.shape[0] == 4 else pred[i : i + 1],
+                data["target"][i : i + 1],
+                obs.item(i),
+            )
+        return ev.compute()["psnr"]
+
+    zero = psnr(op.adjoint(obs.y, **obs.physics).float())
+    sense = psnr(CompressedSensingMRI(Net(), op, "Sense", 0.0).inference(obs))
+    wavelet = CompressedSensingMRI(Net(), op, "L1Wavelet", 1e-3).inference(obs, num_samples=2)
+    assert wavelet.shape == (4, 2, 64, 64) and torch.equal(wavelet[0], wavelet[1])
+    assert sense > zero + 3 and psnr(wavelet) > zero + 3, (zero, sense)
+
+
+def test_cs_mri_refuses_non_mri_operators():
+    from algo.cs_mri import CompressedSensingMRI
+    from inverse_problems.linear import PixelSubsample
+
+    class Net:
+        shape = (1, 8, 8)
+
+    with pytest.raises(ValueError, match="multi-coil MRI"):
+        CompressedSensingMRI(Net(), PixelSubsample(shape=(1, 8, 8)))
