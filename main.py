@@ -168,6 +168,14 @@ def _run_items(config, exp_dir, device, forward_op, testset, algo, evaluator, co
     def record(item_id: int) -> None:
         res = load_result(result_path(exp_dir, item_id))
         values = evaluator(res["recon"], res["target"], res["observation"])
+        # The fraction of the item's samples with a NaN or inf: said loudly, never averaged away.
+        bad = ~torch.isfinite(res["recon"].flatten(1)).all(1)
+        values["nonfinite"] = float(bad.double().mean())
+        if bad.any():
+            log.warning(
+                f"item {item_id}: {int(bad.sum())} of {bad.numel()} samples are not finite "
+                "(the algorithm diverged); its metrics are not meaningful"
+            )
         metric_names.extend(k for k in values if k not in metric_names)
         rows[item_id] = {"id": item_id, **values, **res.get("compute", {})}
         if config.wandb:
@@ -195,6 +203,9 @@ def _run_items(config, exp_dir, device, forward_op, testset, algo, evaluator, co
     bar.close()
 
     summary = summarize(ordered(), [*metric_names, *COMPUTE_COLUMNS])
+    diverged = [r["id"] for r in ordered() if r.get("nonfinite", 0.0) > 0]
+    if diverged:
+        log.warning(f"{len(diverged)} of {len(rows)} items have non-finite samples: {diverged}")
     atomic_write_csv(exp_dir / "metrics.csv", ordered(), columns())
     atomic_write_json(exp_dir / "summary.json", {"num_items": len(rows), **summary})
     log.info(

@@ -192,3 +192,29 @@ def test_wandb_offline(config_factory, tmp_path, monkeypatch):
     assert "sw" in summary
     logs = list(tmp_path.rglob("*.wandb"))
     assert logs, "no offline wandb run written"
+
+
+def test_non_finite_samples_are_flagged(config_factory, tmp_path, monkeypatch):
+    """An algorithm that diverges on one item: the item's row says which fraction of its samples
+    is not finite, and the run warns, naming it."""
+    from algo.unconditional import UnconditionalDiffusionSampler
+
+    original = UnconditionalDiffusionSampler.inference
+    calls = []
+
+    def diverging(self, observation, num_samples=1, rng=None):
+        x = original(self, observation, num_samples, rng)
+        if not calls:  # the first batch is item 0 alone (batch_size=1)
+            x[0] = torch.nan
+        calls.append(1)
+        return x
+
+    monkeypatch.setattr(UnconditionalDiffusionSampler, "inference", diverging)
+    cfg = config_factory([*FAST, "algorithm=uncond", "problem.data.id_list=0-1", "batch_size=1"])
+    summary = run(cfg)
+    exp = tmp_path / "uncond" / "default"
+    rows = list(csv.DictReader(open(exp / "metrics.csv")))
+    assert [float(r["nonfinite"]) for r in rows] == [1 / 32, 0.0]
+    assert summary["nonfinite"] == pytest.approx(1 / 64)
+    text = (exp / "log.txt").read_text()
+    assert "item 0: 1 of 32 samples are not finite" in text and "items have non-finite" in text
