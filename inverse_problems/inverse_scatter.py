@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import time
 from pathlib import Path
@@ -303,10 +304,15 @@ class InverseScatter(BaseOperator):
             if path.is_file():
                 factors = torch.load(path, map_location="cpu", weights_only=True)
             else:
+                log = logging.getLogger("inversebench")
+                log.info(f"computing the Born SVD (once per geometry; ~7 min at 128^2) -> {path}")
                 start = time.perf_counter()
                 factors = self.compute_svd()
                 factors["seconds"] = torch.tensor(time.perf_counter() - start)
                 atomic_torch_save(factors, path)
+                log.info(
+                    f"Born SVD: rank {factors['S'].numel()}, {float(factors['seconds']):.0f} s"
+                )
             self._svd = {
                 k: v.to(self.device, self.dtype if v.is_floating_point() else v.dtype)
                 for k, v in factors.items()
@@ -363,16 +369,3 @@ class InverseScatter(BaseOperator):
         z[:, : s.shape[0]] /= s.square()
         z[:, s.shape[0] :] = 0
         return self.V(z)
-
-
-def svd_summary(op: InverseScatter) -> dict:
-    """Sizes of the cached SVD: rank, largest / smallest kept singular value, bytes on disk."""
-    path = op.svd_path()
-    f = op.spectral()
-    return {
-        "rank": int(f["S"].shape[0]),
-        "s_max": float(f["S"][0]),
-        "s_min": float(f["S"][-1]),
-        "bytes": path.stat().st_size if path.is_file() else 0,
-        "seconds": float(f.get("seconds", np.nan)) if "seconds" in f else float("nan"),
-    }
