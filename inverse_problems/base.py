@@ -110,11 +110,17 @@ class BaseOperator(ABC):
     def forward(self, x: torch.Tensor, **physics: torch.Tensor) -> torch.Tensor:
         """Noise-free measurements of normalized x, one per row."""
 
+    #: Measurements are complex numbers stored as real pairs: ``sigma_noise`` is the std of the
+    #: complex noise CN(0, sigma^2), so each real part gets sigma / sqrt(2).
+    complex_measurements: bool = False
+
     def noise_std(self, physics: Mapping[str, torch.Tensor], batch: int) -> torch.Tensor:
-        """Per-item noise standard deviation (B,); a ``sigma_noise`` physics entry overrides."""
+        """Per-item noise standard deviation of one real measurement entry (B,); a
+        ``sigma_noise`` physics entry overrides."""
         if "sigma_noise" in physics:
             return physics["sigma_noise"].reshape(batch)
-        return torch.full((batch,), self.sigma_noise, device=self.device, dtype=torch.float64)
+        sigma = self.sigma_noise / (2**0.5 if self.complex_measurements else 1.0)
+        return torch.full((batch,), sigma, device=self.device, dtype=torch.float64)
 
     def __call__(self, data: Mapping[str, torch.Tensor], rng: BatchRNG) -> Observation:
         """Simulate noisy measurements of ``data['target']`` (normalized), one stream per item."""
@@ -148,6 +154,17 @@ class BaseOperator(ABC):
             loss = self.loss(x, observation)
             (grad,) = torch.autograd.grad(loss.sum(), x)
         return (grad, loss.detach()) if return_loss else grad
+
+    def adjoint_gradient(self, x: torch.Tensor, observation: Observation, return_loss=False):
+        """2 A^T (A(x) - y) per row from ``forward`` and ``adjoint`` (the adjoint of forward's
+        linear part), in x's dtype: the gradient of linear operators without an autograd graph.
+        Such operators set ``gradient = BaseOperator.adjoint_gradient``."""
+        pred = self.forward(x, **observation.physics)
+        residual = group_rows(pred, observation.batch) - observation.y.unsqueeze(1).to(pred.dtype)
+        residual = residual.flatten(0, 1)
+        grad = 2.0 * self.adjoint(residual, **observation.physics)
+        grad = grad.reshape(x.shape).to(x.dtype)
+        return (grad, residual.square().flatten(1).sum(1)) if return_loss else grad
 
     def gradient_m(self, measurements: torch.Tensor, observation: Observation) -> torch.Tensor:
         """d loss_m / d measurements per row."""

@@ -56,7 +56,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from inverse_problems.base import BaseOperator, Observation, group_rows
+from inverse_problems.base import BaseOperator
 from utils.io import atomic_torch_save, user_cache_dir
 
 SVD_FORMAT = 1  # bump when the cached factors change meaning
@@ -81,6 +81,8 @@ def ring(num: int, radius: float) -> torch.Tensor:
 
 class InverseScatter(BaseOperator):
     physics_keys = ()
+    complex_measurements = True
+    gradient = BaseOperator.adjoint_gradient  # 2 L^T (A(x) - y): two matrix products, no graph
 
     def __init__(
         self,
@@ -196,29 +198,11 @@ class InverseScatter(BaseOperator):
         f = self.unnormalize(x.reshape(x.shape[0], -1).to(self.dtype))
         return torch.view_as_real(self.born(f))
 
-    def noise_std(self, physics, batch: int) -> torch.Tensor:
-        """Per real part: complex noise CN(0, sigma^2) has std sigma / sqrt(2) in each part."""
-        if "sigma_noise" in physics:
-            return physics["sigma_noise"].reshape(batch)
-        return torch.full(
-            (batch,), self.sigma_noise / math.sqrt(2), device=self.device, dtype=torch.float64
-        )
-
     # -- data fit and linear algebra (normalized units) ------------------------------------------
     def adjoint(self, y: torch.Tensor, **_) -> torch.Tensor:
         """L^T y for real-stacked y (rows, T, R, 2) or (rows, 2 T R); images (rows, 1, Ny, Nx)."""
         x = self.unnorm_scale * self.born_adjoint(self._complex(y))
         return x.reshape(y.shape[0], 1, self.Ny, self.Nx)
-
-    def gradient(self, x: torch.Tensor, observation: Observation, return_loss: bool = False):
-        """d ||A(x) - y||^2 / dx = 2 L^T (A(x) - y), per row, in x's dtype."""
-        pred = self.forward(x)
-        residual = group_rows(pred, observation.batch) - observation.y.unsqueeze(1).to(pred.dtype)
-        residual = residual.flatten(0, 1)
-        grad = (2.0 * self.adjoint(residual)).reshape(x.shape).to(x.dtype)
-        if return_loss:
-            return grad, residual.square().flatten(1).sum(1)
-        return grad
 
     # -- SVD ---------------------------------------------------------------------------------------
     def matrix(self) -> torch.Tensor:

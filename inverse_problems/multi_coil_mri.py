@@ -83,6 +83,8 @@ def line_mask(
 class MultiCoilMRI(BaseOperator):
     physics_keys = ("maps", "mask")
     capabilities = frozenset({"gradient", "linear", "adjoint"})
+    complex_measurements = True
+    gradient = BaseOperator.adjoint_gradient  # 2 A^H (A x - y), no autograd graph
 
     def __init__(
         self,
@@ -141,23 +143,6 @@ class MultiCoilMRI(BaseOperator):
         img = (ifft2c(k) * maps.conj().unsqueeze(1).to(k.dtype)).sum(2)  # (B, n, H, W)
         img = img.flatten(0, 1)
         return torch.stack([img.real, img.imag], dim=1)
-
-    def gradient(self, x: torch.Tensor, observation: Observation, return_loss: bool = False):
-        """2 A^H (A x - y) per row, in x's dtype."""
-        pred = self.forward(x, **observation.physics)
-        residual = group_rows(pred, observation.batch) - observation.y.unsqueeze(1).to(pred.dtype)
-        residual = residual.flatten(0, 1)
-        grad = (2.0 * self.adjoint(residual, **observation.physics)).to(x.dtype)
-        if return_loss:
-            return grad, residual.square().flatten(1).sum(1)
-        return grad
-
-    def noise_std(self, physics, batch: int) -> torch.Tensor:
-        if "sigma_noise" in physics:
-            return physics["sigma_noise"].reshape(batch)
-        return torch.full(
-            (batch,), self.sigma_noise / math.sqrt(2), device=self.device, dtype=torch.float64
-        )
 
     # -- observations ----------------------------------------------------------------------------
     def __call__(self, data, rng) -> Observation:
