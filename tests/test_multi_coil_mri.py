@@ -194,6 +194,42 @@ def test_synthetic_scan_mvue_and_lmdb_round_trip(tmp_path):
         MultiCoilMRILMDBData(tmp_path / "mvue-only", image_size=[32, 32])
 
 
+def test_espirit_maps_match_the_true_maps():
+    """ESPIRiT maps estimated from noisy k-space (1 % noise, 16 calibration lines of 64) agree with
+    the true birdcage maps up to the per-pixel common phase ESPIRiT cannot see: coil-vector
+    correlation |<S_est, S_true>| / (|S_est| |S_true|) >= 0.999 at every object pixel (measured:
+    mean 1.0000, min 0.9994), and the MVUE they give matches the phantom's magnitude to 0.2 %."""
+    from training.mri import birdcage_maps, espirit_maps, knee_phantom, mvue, synthetic_scan
+
+    g = torch.Generator().manual_seed(3)
+    image = knee_phantom(64, g)
+    maps = birdcage_maps(6, 64, radius=1.5)
+    k = fft2c(maps * image)
+    k = k + 0.01 * k.abs().square().mean().sqrt() * torch.randn(k.shape, dtype=k.dtype, generator=g)
+    est = espirit_maps(k, calib_width=16)
+    support = image.abs() > 0.05 * image.abs().max()
+    corr = (est.conj() * maps).sum(0).abs() / (est.abs().norm(dim=0) * maps.abs().norm(dim=0))
+    assert float(corr[support].min()) > 0.999
+    combined = mvue(k, est).abs()
+    err = (combined - image.abs())[support].norm() / image.abs()[support].norm()
+    assert float(err) < 0.005
+
+    scan = synthetic_scan(32, 4, torch.Generator().manual_seed(0), maps="espirit")
+    assert scan["s_maps"].shape == (4, 32, 32)
+    target = torch.from_numpy(scan["mvue"][0])
+    assert abs(float(torch.quantile(target.abs().flatten(), 0.99)) - 1) < 1e-5
+    torch.testing.assert_close(  # the target is the estimated maps' MVUE of the k-space
+        mvue(torch.from_numpy(scan["kspace"]), torch.from_numpy(scan["s_maps"])),
+        target,
+        atol=1e-5,
+        rtol=0,
+    )
+    with pytest.raises(ValueError, match="maps must be"):
+        synthetic_scan(32, 4, torch.Generator(), maps="sense")
+    with pytest.raises(ValueError, match="wider calib_width"):
+        espirit_maps(torch.from_numpy(scan["kspace"]), calib_width=8)
+
+
 def test_real_kspace_is_consistent_with_the_operator():
     """Raw k-space of a generated scan equals the operator applied to its MVUE target, up to the
     acquisition noise (1 % of the k-space RMS)."""

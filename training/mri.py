@@ -89,13 +89,46 @@ def knee_phantom(n: int, g: torch.Generator) -> torch.Tensor:
     return torch.polar(image, phase)
 
 
-def synthetic_scan(n: int, coils: int, g: torch.Generator, noise: float = 0.01) -> dict:
+def espirit_maps(kspace: torch.Tensor, calib_width: int, crop: float = 0.95) -> torch.Tensor:
+    """Coil maps estimated from (Nc, H, W) k-space by ESPIRiT (Uecker et al., MRM 2014) with
+    SigPy's ``EspiritCalib`` on the central ``calib_width`` x ``calib_width`` calibration block;
+    zero outside the object (eigenvalue ``crop``), phase relative to the first coil."""
+    from sigpy.mri.app import EspiritCalib
+
+    k = kspace.to(torch.complex128).numpy()
+    est = EspiritCalib(k, calib_width=int(calib_width), crop=crop, show_pbar=False).run()
+    est = torch.from_numpy(np.asarray(est)).to(torch.complex128)
+    if not bool(est.abs().amax() > 0):
+        raise ValueError(
+            f"ESPIRiT found no coil maps with a {calib_width}-line calibration block (every "
+            f"eigenvalue below crop={crop}); use a wider calib_width (at least 12 lines)"
+        )
+    return est
+
+
+def synthetic_scan(
+    n: int,
+    coils: int,
+    g: torch.Generator,
+    noise: float = 0.01,
+    maps: str = "true",
+    calib_width: int | None = None,
+) -> dict:
     """One scan: ``mvue`` (1, n, n), ``s_maps`` and ``kspace`` (coils, n, n), complex64, the image
-    normalized by its 99th-percentile magnitude (the reference's MVUE normalization)."""
+    normalized by its 99th-percentile magnitude (the reference's MVUE normalization).
+
+    ``maps='true'``: the maps that made the k-space, and the MVUE is the phantom itself.
+    ``maps='espirit'``: as real pipelines, the maps are estimated from the noisy k-space by
+    ESPIRiT (``calib_width`` defaults to n / 4 central lines, clamped to [12, 24]) and the MVUE
+    is the coil combination of the fully sampled noisy k-space with those maps (phase relative
+    to the first coil, zero outside the object); k-space is rescaled with the MVUE.
+    """
+    if maps not in ("true", "espirit"):
+        raise ValueError(f"maps must be 'true' or 'espirit', got {maps!r}")
     image = knee_phantom(n, g)
     image = image / torch.quantile(image.abs().flatten(), 0.99)
-    maps = birdcage_maps(coils, n, radius=1.2 + 0.6 * float(torch.rand((), generator=g)))
-    k = fft2c(maps * image)
+    coil_maps = birdcage_maps(coils, n, radius=1.2 + 0.6 * float(torch.rand((), generator=g)))
+    k = fft2c(coil_maps * image)
     rms = k.abs().square().mean().sqrt()
     shape = (coils, n, n)
     eps = torch.complex(
@@ -103,8 +136,13 @@ def synthetic_scan(n: int, coils: int, g: torch.Generator, noise: float = 0.01) 
         torch.randn(shape, generator=g, dtype=torch.float64),
     ) / math.sqrt(2)
     k = k + noise * rms * eps
+    if maps == "espirit":
+        coil_maps = espirit_maps(k, calib_width or min(24, max(12, n // 4)))
+        image = mvue(k, coil_maps)
+        scale = torch.quantile(image.abs().flatten(), 0.99)
+        image, k = image / scale, k / scale
     as64 = lambda t: t.to(torch.complex64).numpy()  # noqa: E731
-    return {"mvue": as64(image[None]), "s_maps": as64(maps), "kspace": as64(k)}
+    return {"mvue": as64(image[None]), "s_maps": as64(coil_maps), "kspace": as64(k)}
 
 
 def write_mri_lmdb(root, scans, envs=None) -> None:
@@ -124,10 +162,14 @@ def write_mri_lmdb(root, scans, envs=None) -> None:
         env.close()
 
 
-def generate(num: int, n: int = 64, coils: int = 8, seed: int = 0, noise: float = 0.01) -> list:
+def generate(
+    num: int, n: int = 64, coils: int = 8, seed: int = 0, noise: float = 0.01, maps: str = "true"
+) -> list:
     """Scans 0 ... num-1; scan i uses seed (seed, i)."""
     return [
-        synthetic_scan(n, coils, torch.Generator().manual_seed(derive_seed(seed, i, DATA)), noise)
+        synthetic_scan(
+            n, coils, torch.Generator().manual_seed(derive_seed(seed, i, DATA)), noise, maps
+        )
         for i in range(num)
     ]
 
