@@ -17,6 +17,7 @@ M = "algorithm.method"
 #: A few steps of each algorithm (keys differ between methods).
 TINY = {
     "cs_mri": [f"{M}.max_iter=3"],
+    "csgm_mri": [f"{M}.sigmas_config.num_levels=10", f"{M}.start_iter=6", f"{M}.n_steps_each=2"],
     "daps": [
         f"{M}.annealing_scheduler_config.num_steps=3",
         f"{M}.diffusion_scheduler_config.num_steps=2",
@@ -54,6 +55,7 @@ TINY = {
         f"{M}.lgvd_config.num_steps=2",
     ],
     "reddiff": [f"{M}.num_steps=4"],
+    "score_mri": [f"{M}.scheduler_config.num_steps=4"],
     "scg": [
         f"{M}.diffusion_scheduler_config.num_steps=4",
         f"{M}.num_candidates=2",
