@@ -158,9 +158,11 @@ class BaseOperator(ABC):
     def adjoint_gradient(self, x: torch.Tensor, observation: Observation, return_loss=False):
         """2 A^T (A(x) - y) per row from ``forward`` and ``adjoint`` (the adjoint of forward's
         linear part), in x's dtype: the gradient of linear operators without an autograd graph.
-        Such operators set ``gradient = BaseOperator.adjoint_gradient``."""
-        pred = self.forward(x, **observation.physics)
-        residual = group_rows(pred, observation.batch) - observation.y.unsqueeze(1).to(pred.dtype)
+        Such operators set ``gradient = BaseOperator.adjoint_gradient``; their ``forward`` must
+        return a fresh tensor (the residual is formed in it, in place)."""
+        pred = self.forward(x, **observation.physics)  # a fresh tensor: the residual in place
+        y = observation.y.to(pred.dtype)  # same dtype: a mixed in-place subtraction is slow
+        residual = group_rows(pred, observation.batch).sub_(y.unsqueeze(1))
         residual = residual.flatten(0, 1)
         grad = 2.0 * self.adjoint(residual, **observation.physics)
         grad = grad.reshape(x.shape).to(x.dtype)

@@ -125,22 +125,66 @@ class MultiCoilMRI(BaseOperator):
             raise ValueError(
                 f"x must have 2 channels (real, imaginary), got shape {tuple(x.shape)}"
             )
-        return torch.complex(x[:, 0].to(torch.float64), x[:, 1].to(torch.float64))
+        if not x.is_floating_point():
+            x = x.to(torch.float64)
+        return torch.complex(x[:, 0], x[:, 1])
+
+    @staticmethod
+    def _kspace_weight(mask: torch.Tensor, B: int, H: int, W: int, dtype) -> torch.Tensor | None:
+        """(B, 1, 1, H, W) mask * s * (-1)^(kx + ky) / sqrt(H W) for even H and W, else None.
+
+        For even sizes the centered orthonormal FFT is a modulated plain FFT,
+        fft2c(z) = s D fft2(D z) / sqrt(H W) with D = (-1)^(i + j) and s = (-1)^(H/2 + W/2)
+        (a shift by half the length is a sign flip in the other domain; same for the inverse),
+        so the shifts' copies and the FFT's scaling pass fold into this one real weight.
+        """
+        if H % 2 or W % 2:
+            return None
+        sign = -1.0 if (H // 2 + W // 2) % 2 else 1.0
+        d = MultiCoilMRI._checkerboard(H, W, dtype, mask.device)
+        w = mask.reshape(B, *mask.shape[-2:]).to(dtype) * (d * (sign / math.sqrt(H * W)))
+        return w.reshape(B, 1, 1, H, W)
+
+    @staticmethod
+    def _checkerboard(H: int, W: int, dtype, device) -> torch.Tensor:
+        def signs(n):
+            return 1 - 2 * (torch.arange(n, device=device, dtype=dtype) % 2)
+
+        return signs(H)[:, None] * signs(W)[None, :]  # (-1)^(i + j)
 
     def forward(self, x: torch.Tensor, maps: torch.Tensor, mask: torch.Tensor, **_) -> torch.Tensor:
-        """(R, 2, H, W) images -> (R, Nc, H, W, 2) masked k-space, item-major rows."""
+        """(R, 2, H, W) images -> (R, Nc, H, W, 2) masked k-space, item-major rows, computed in
+        x's precision (complex64 for float32 images, complex128 for float64)."""
         B = maps.shape[0]
         img = group_rows(self._complex_rows(x), B)  # (B, n, H, W)
-        k = fft2c(img.unsqueeze(2) * maps.unsqueeze(1).to(img.dtype))  # (B, n, Nc, H, W)
-        k = k * mask.reshape(B, 1, 1, *mask.shape[-2:]).to(k.real.dtype)
-        return torch.view_as_real(k.flatten(0, 1).contiguous())
+        H, W = img.shape[-2:]
+        w = self._kspace_weight(mask, B, H, W, img.real.dtype)
+        if w is None:  # odd sizes: explicit shifts
+            k = fft2c(img.unsqueeze(2) * maps.unsqueeze(1).to(img.dtype))  # (B, n, Nc, H, W)
+            k = k * mask.reshape(B, 1, 1, *mask.shape[-2:]).to(k.real.dtype)
+        else:
+            img = img * self._checkerboard(H, W, img.real.dtype, img.device)
+            k = torch.fft.fft2(img.unsqueeze(2) * maps.unsqueeze(1).to(img.dtype))
+            k.mul_(w)
+        return torch.view_as_real(k.flatten(0, 1))
 
     def adjoint(self, y: torch.Tensor, maps: torch.Tensor, mask: torch.Tensor, **_) -> torch.Tensor:
-        """sum_c conj(S_c) F^H M y_c as (R, 2, H, W) float64."""
+        """sum_c conj(S_c) F^H M y_c as (R, 2, H, W) in y's precision."""
         B = maps.shape[0]
-        k = group_rows(torch.view_as_complex(y.to(torch.float64).contiguous()), B)
-        k = k * mask.reshape(B, 1, 1, *mask.shape[-2:]).to(k.real.dtype)
-        img = (ifft2c(k) * maps.conj().unsqueeze(1).to(k.dtype)).sum(2)  # (B, n, H, W)
+        if not y.is_floating_point():
+            y = y.to(torch.float64)
+        k = group_rows(torch.view_as_complex(y.contiguous()), B)  # (B, n, Nc, H, W)
+        H, W = k.shape[-2:]
+        w = self._kspace_weight(mask, B, H, W, k.real.dtype)
+        if w is None:
+            k = k * mask.reshape(B, 1, 1, *mask.shape[-2:]).to(k.real.dtype)
+            coil_images = ifft2c(k)  # a fresh tensor either way: multiplied in place below
+        else:  # unnormalized inverse (norm="forward"): the weight carries 1 / sqrt(H W)
+            coil_images = torch.fft.ifft2(k * w, norm="forward")
+        coil_images.mul_(maps.conj().unsqueeze(1).to(k.dtype))
+        img = coil_images.sum(2)  # (B, n, H, W)
+        if w is not None:
+            img = img * self._checkerboard(H, W, img.real.dtype, img.device)
         img = img.flatten(0, 1)
         return torch.stack([img.real, img.imag], dim=1)
 
@@ -158,7 +202,7 @@ class MultiCoilMRI(BaseOperator):
             k = k * mask.reshape(B, 1, *mask.shape[-2:]).to(k.real.dtype)
             return Observation(torch.view_as_real(k.to(torch.complex128).contiguous()), physics)
         with torch.no_grad():
-            y = self.forward(data["target"].to(self.device), **physics)
+            y = self.forward(data["target"].to(self.device, torch.float64), **physics)
         std = self.noise_std(physics, B).to(y.device)
         if torch.any(std > 0):
             noise = rng.randn_like(y).to(y.device)

@@ -82,6 +82,28 @@ def test_adjoint():
     assert abs(float(lhs - rhs)) < 1e-12 * float(lhs.abs())
 
 
+@pytest.mark.parametrize("shape", [(16, 16), (14, 10), (15, 12), (13, 11)])
+def test_modulated_fft_path_equals_explicit_shifts(shape):
+    """Even sizes fold the centered FFT's shifts and scaling into one k-space weight; odd sizes
+    shift explicitly. Both equal mask * fft2c(S x), in float32 and float64, and stay adjoint."""
+    H, W = shape
+    op = MultiCoilMRI(total_lines=W)
+    g = torch.Generator().manual_seed(0)
+    maps = torch.randn(2, 3, H, W, dtype=torch.complex128, generator=g)
+    mask = torch.rand(2, 1, W, generator=g) < 0.5
+    x = torch.randn(4, 2, H, W, dtype=F64, generator=g)
+    img = torch.complex(x[:, 0], x[:, 1]).reshape(2, 2, H, W)
+    expected = fft2c(img.unsqueeze(2) * maps.unsqueeze(1)) * mask.reshape(2, 1, 1, 1, W)
+    expected = torch.view_as_real(expected.flatten(0, 1))
+    torch.testing.assert_close(op.forward(x, maps, mask), expected, rtol=0, atol=1e-12)
+    single = op.forward(x.float(), maps.to(torch.complex64), mask)
+    assert single.dtype == torch.float32
+    torch.testing.assert_close(single, expected.float(), rtol=0, atol=1e-5)
+    y = torch.randn(expected.shape, dtype=F64, generator=g)
+    lhs, rhs = (op.forward(x, maps, mask) * y).sum(), (x * op.adjoint(y, maps, mask)).sum()
+    assert abs(float(lhs - rhs)) < 1e-12 * float(lhs.abs())
+
+
 def test_fully_sampled_adjoint_recovers_image():
     op = MultiCoilMRI(total_lines=16)
     maps = smooth_maps(2, 4, 16)
@@ -141,7 +163,7 @@ def test_mri_metrics_per_sample_for_every_sample_count():
     op = MultiCoilMRI(total_lines=16)
     maps, mask = smooth_maps(1, 4, 16), masks(1, 16)
     target = rand_x(1, 16).float()
-    obs = Observation(op.forward(target, maps, mask), {"maps": maps, "mask": mask})
+    obs = Observation(op.forward(target.double(), maps, mask), {"maps": maps, "mask": mask})
     pred = target + 0.1 * rand_x(1, 16, seed=8).float()
     mag = lambda z: z.double().square().sum(1).sqrt()  # noqa: E731
     top = mag(target).max()
