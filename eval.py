@@ -15,6 +15,18 @@ import torch
 from utils.metrics import random_directions, sliced_wasserstein
 
 
+def piq_per_sample(fn, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``fn(pred, target, data_range=1, reduction='none')`` (a piq metric) per sample, NaN for
+    samples with non-finite values (piq rejects them; the harness counts such samples in its
+    ``nonfinite`` column) instead of failing the whole item."""
+    finite = torch.isfinite(pred.flatten(1)).all(1)
+    out = torch.full((pred.shape[0],), float("nan"), dtype=torch.float64)
+    if bool(finite.any()):
+        values = fn(pred[finite], target[finite], data_range=1.0, reduction="none")
+        out[finite] = values.to(torch.float64)
+    return out
+
+
 class Evaluator:
     def __init__(self, forward_op=None):
         self.forward_op = forward_op
@@ -138,8 +150,8 @@ class InverseScatter(Evaluator):
 
         p = pred.to(torch.float32).clamp(0, 1)
         t = target.to(torch.float32).clamp(0, 1).expand_as(p)
-        psnr = piq.psnr(p, t, data_range=1.0, reduction="none")
-        ssim = piq.ssim(p, t, data_range=1.0, reduction="none")
+        psnr = piq_per_sample(piq.psnr, p, t)
+        ssim = piq_per_sample(piq.ssim, p, t)
         return {"psnr": float(psnr.mean()), "ssim": float(ssim.mean())}
 
 
@@ -161,8 +173,8 @@ class MRI(Evaluator):
         p = magnitude(pred).clamp(0, top) / top
         t = (t / top).expand_as(p)
         out = {
-            "psnr": float(piq.psnr(p, t, data_range=1.0, reduction="none").mean()),
-            "ssim": float(piq.ssim(p.float(), t.float(), data_range=1.0, reduction="none").mean()),
+            "psnr": float(piq_per_sample(piq.psnr, p, t).mean()),
+            "ssim": float(piq_per_sample(piq.ssim, p.float(), t.float()).mean()),
         }
         if self.forward_op is not None and observation is not None:
             with torch.no_grad():

@@ -174,6 +174,10 @@ def test_mri_metrics_per_sample_for_every_sample_count():
         assert values["psnr"] == pytest.approx(expected, rel=1e-5)  # piq adds 1e-8 to the MSE
         assert 0 < values["ssim"] < 1 and values["data_misfit"] > 0
     assert MRI(op).evaluate(target, target, obs)["data_misfit"] < 1e-6
+    # a diverged sample gives NaN metrics for its item (flagged by the harness), not a crash in piq
+    bad = torch.cat([pred, torch.full_like(pred, float("nan"))])
+    values = MRI(op).evaluate(bad, target, obs)
+    assert math.isnan(values["psnr"]) and math.isnan(values["ssim"])
 
 
 def test_birdcage_maps_are_smooth_and_normalized():
