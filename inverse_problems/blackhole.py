@@ -1,0 +1,238 @@
+"""Black-hole imaging from EHT closure quantities (InverseBench's ``BlackHoleImaging``; Chael et
+al., ApJ 857, 2018, for closure-only imaging).
+
+The unknown is a 64 x 64 (``imsize``) image of total intensity on a ``fov_uas`` field of view,
+normalized to [-1, 1] (image = (x + ``unnorm_shift``) * ``unnorm_scale`` in units of
+``flux_scale`` Jy per pixel; the reference's ``multiplier``, the peak of its ground-truth image).
+The forward model, batched and differentiable (autograd), in float64:
+
+    visibilities  V = A image                 (exact DFT, inverse_problems/eht.py; (R, m) complex)
+    amplitudes    |V|                         (m)
+    closure phases        psi = sum_k s_k arg V_k over minimal triangles          (c)
+    log closure amplitudes      sum_k s_k log |V_k| over minimal quadrangles       (l)
+    total flux    sum image                   (1)
+
+packed as one real vector (R, m + c + l + 1) in that order. Noise σ's in image units travel with
+the observation (``sigma_amp`` (m), ``sigma_cp`` (c) and ``sigma_lca`` (l) per item), propagated
+from the visibility noise as ehtim does: sigma_cp = sigma_lca = sqrt(sum_k (sigma_k / |V_k|)^2)
+with the observed amplitudes.
+
+Noise models (``noise_type``), every draw from the item's own stream (the reference's ``eht``
+noise uses numpy's unseeded global RNG):
+
+* ``gaussian``: Gaussian noise added to amplitudes, closure phases and log closure amplitudes;
+* ``vis_thermal``: Gaussian thermal noise of std sigma on the real and on the imaginary part of
+  each visibility (ehtim's convention for its ``sigma``);
+* ``eht``: thermal noise plus station gains per scan (time stamp): amplitude
+  1 + ``gain_std`` N(0, 1) and a uniform random phase per station -- visibility amplitudes are
+  corrupted, closures are not; the flux is the median |V| on the ALMA-APEX baseline, as the
+  reference.
+
+Loss (the reference's): 2 (w1 m chi2_amp + w2 c chi2_cp + w3 l chi2_lca + w4 chi2_flux) with
+chi2_cp = (2/c) sum (1 - cos(psi - psi_hat)) / sigma_cp^2, chi2_lca and chi2_amp the mean squared
+normalized residuals and chi2_flux = mean(((F_hat - F) / 2)^2).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from inverse_problems.base import BaseOperator, Observation, group_rows
+from inverse_problems.eht import (
+    RADPERUAS,
+    closure_sets,
+    dft_matrix,
+    read_uvfits,
+    simulate_coverage,
+)
+
+NOISE_TYPES = ("gaussian", "vis_thermal", "eht")
+
+
+class BlackHoleImaging(BaseOperator):
+    capabilities = frozenset({"gradient"})
+
+    def __init__(
+        self,
+        root: str | None = None,
+        array_file: str = "data/eht/EHT2017_m87.txt",
+        observation_time_ratio: float = 1.0,
+        noise_type: str = "vis_thermal",
+        ttype: str = "direct",
+        imsize: int = 64,
+        fov_uas: float = 160.0,
+        flux_scale: float = 1.0,
+        w1: float = 0.0,
+        w2: float = 1.0,
+        w3: float = 1.0,
+        w4: float = 0.5,
+        gain_std: float = 0.1,
+        sigma_noise: float = 0.0,
+        unnorm_shift: float = 1.0,
+        unnorm_scale: float = 0.5,
+        ref_flux: float | None = None,
+        coverage: dict | None = None,
+        device="cpu",
+        **_ignored,
+    ):
+        """``root``: a folder with the reference's ``obs.uvfits`` (uv coverage and sigmas) and
+        ``gt.fits`` (whose peak sets ``flux_scale``); without it the coverage is simulated with
+        ehtim from ``array_file`` (``coverage``: keyword arguments of
+        ``eht.simulate_coverage``). ``ttype`` is accepted for the reference's command lines: the
+        DFT here is always exact (no NFFT)."""
+        super().__init__(sigma_noise, unnorm_shift, unnorm_scale, device)
+        if noise_type not in NOISE_TYPES:
+            raise ValueError(f"noise_type must be one of {NOISE_TYPES}, got {noise_type!r}")
+        if ttype not in ("direct", "fast", "nfft"):
+            raise ValueError(f"ttype must be 'direct', 'fast' or 'nfft', got {ttype!r}")
+        self.noise_type = noise_type
+        self.imsize = int(imsize)
+        self.psize = float(fov_uas) * RADPERUAS / self.imsize
+        self.weights = (float(w1), float(w2), float(w3), float(w4))
+        self.gain_std = float(gain_std)
+        self.ref_flux = ref_flux
+        if root is not None:
+            root = Path(root)
+            cov = read_uvfits(root / "obs.uvfits")
+            flux_scale = self._fits_peak(root / "gt.fits")
+        else:
+            cov = simulate_coverage(array_file, **(coverage or {}))
+        cov = cov.first_fraction(float(observation_time_ratio))
+        self.coverage = cov
+        self.flux_scale = float(flux_scale)
+        sets = closure_sets(cov)
+        dev = self.device
+        A = dft_matrix(cov.u, cov.v, self.imsize, self.psize)  # (m, P)
+        # real GEMM: image (R, P) @ (P, 2m) -> [Re V, Im V]
+        self.dft = torch.cat([A.real, A.imag], 0).T.contiguous().to(dev)
+        self.sigma_vis = torch.as_tensor(cov.sigma / self.flux_scale, dtype=torch.float64).to(dev)
+        self.cp_index = torch.as_tensor(sets.cp_index).to(dev)
+        self.cp_sign = torch.as_tensor(sets.cp_sign, dtype=torch.float64).to(dev)
+        self.ca_index = torch.as_tensor(sets.ca_index).to(dev)
+        self.ca_sign = torch.as_tensor(sets.ca_sign, dtype=torch.float64).to(dev)
+        names = cov.stations
+        self.flux_baseline = torch.as_tensor(
+            np.flatnonzero(
+                np.isin(cov.t1, [names.index(s) for s in ("ALMA", "APEX") if s in names])
+                & np.isin(cov.t2, [names.index(s) for s in ("ALMA", "APEX") if s in names])
+            )
+        ).to(dev)
+        self.sizes = (len(cov), len(sets.cp_index), len(sets.ca_index), 1)
+
+    @staticmethod
+    def _fits_peak(path: Path) -> float:
+        if not path.is_file():
+            raise FileNotFoundError(f"ground-truth image {path} not found (root needs gt.fits)")
+        import ehtim as eh
+
+        return float(np.max(eh.image.load_fits(str(path)).imvec))
+
+    # -- physics ---------------------------------------------------------------------------------
+    def visibilities(self, x: torch.Tensor) -> torch.Tensor:
+        """(R, m) complex visibilities of normalized images x (R, 1, H, W)."""
+        img = self.unnormalize(x).to(torch.float64).flatten(1)
+        ri = img @ self.dft
+        m = self.sizes[0]
+        return torch.complex(ri[:, :m], ri[:, m:])
+
+    def closures(self, vis: torch.Tensor):
+        """Closure phases (R, c) in radians in (-pi, pi] and log closure amplitudes (R, l)."""
+        phase = torch.angle(vis)
+        cp = (phase[:, self.cp_index] * self.cp_sign).sum(-1)
+        cp = torch.atan2(torch.sin(cp), torch.cos(cp))
+        lca = (torch.log(vis.abs())[:, self.ca_index] * self.ca_sign).sum(-1)
+        return cp, lca
+
+    def measurements(self, vis: torch.Tensor, flux: torch.Tensor) -> torch.Tensor:
+        cp, lca = self.closures(vis)
+        return torch.cat([vis.abs(), cp, lca, flux.reshape(-1, 1)], dim=1)
+
+    def forward(self, x: torch.Tensor, **_) -> torch.Tensor:
+        """(R, m + c + l + 1): amplitudes, closure phases, log closure amplitudes, total flux."""
+        vis = self.visibilities(x)
+        flux = self.unnormalize(x).to(torch.float64).flatten(1).sum(1)
+        return self.measurements(vis, flux)
+
+    def split(self, y: torch.Tensor):
+        """(amp, cp, lca, flux) views of packed measurements."""
+        return torch.split(y, self.sizes, dim=-1)
+
+    def closure_sigmas(self, vis: torch.Tensor):
+        """sigma_cp (B, c) and sigma_lca (B, l) propagated from the visibility noise and the
+        observed amplitudes."""
+        rel = (self.sigma_vis / vis.abs()).square()
+        sig_cp = rel[:, self.cp_index].sum(-1).sqrt()
+        sig_lca = rel[:, self.ca_index].sum(-1).sqrt()
+        return sig_cp, sig_lca
+
+    # -- observations ----------------------------------------------------------------------------
+    def __call__(self, data, rng) -> Observation:
+        x = data["target"].to(self.device)
+        B = x.shape[0]
+        with torch.no_grad():
+            vis = self.visibilities(x)
+            flux = self.unnormalize(x).to(torch.float64).flatten(1).sum(1)
+            sig = self.sigma_vis.expand(B, -1)
+            if self.noise_type == "gaussian":
+                sig_cp, sig_lca = self.closure_sigmas(vis)
+                amp, cp, lca, _ = self.split(self.measurements(vis, flux))
+                noise = rng.randn(sum(self.sizes[:3]), dtype=torch.float64).to(x.device)
+                n_amp, n_cp, n_lca = torch.split(noise, self.sizes[:3], dim=1)
+                cp = cp + sig_cp * n_cp
+                y = torch.cat(
+                    [amp + sig * n_amp, torch.atan2(cp.sin(), cp.cos()),
+                     lca + sig_lca * n_lca, flux[:, None]], dim=1,
+                )  # fmt: skip
+            else:
+                if self.noise_type == "eht":
+                    vis = vis * self._station_gains(rng, B, x.device)
+                m = self.sizes[0]
+                noise = rng.randn(2 * m, dtype=torch.float64).to(x.device)
+                vis = vis + sig * torch.complex(noise[:, :m], noise[:, m:])
+                if self.noise_type == "eht" and len(self.flux_baseline):
+                    flux = vis[:, self.flux_baseline].abs().median(dim=1).values
+                sig_cp, sig_lca = self.closure_sigmas(vis)
+                y = self.measurements(vis, flux)
+        physics = {"sigma_amp": sig.clone(), "sigma_cp": sig_cp, "sigma_lca": sig_lca}
+        return Observation(y, physics)
+
+    def _station_gains(self, rng, B: int, device) -> torch.Tensor:
+        """(B, m) g_1 conj(g_2) for complex station gains drawn per item, station and scan."""
+        cov = self.coverage
+        times = np.unique(cov.time)
+        scan = torch.as_tensor(np.searchsorted(times, cov.time), device=device)
+        S, T = len(cov.stations), len(times)
+        amp = 1.0 + self.gain_std * rng.randn(T, S, dtype=torch.float64).to(device)
+        phase = 2 * math.pi * rng.rand(T, S, dtype=torch.float64).to(device)
+        gains = torch.polar(amp, phase)  # (B, T, S)
+        t1 = torch.as_tensor(cov.t1, device=device)
+        t2 = torch.as_tensor(cov.t2, device=device)
+        return gains[:, scan, t1] * gains[:, scan, t2].conj()
+
+    # -- data terms ------------------------------------------------------------------------------
+    def chi2_terms(self, measurements: torch.Tensor, observation: Observation):
+        """Per-row chi2_amp, chi2_cp, chi2_lca, chi2_flux (reduced: about 1 at the noise level)."""
+        B = observation.batch
+        pred = group_rows(measurements, B)  # (B, n, M)
+        amp, cp, lca, flux = self.split(pred)
+        y_amp, y_cp, y_lca, y_flux = (t.unsqueeze(1) for t in self.split(observation.y))
+        phys = observation.physics
+        s_amp = phys["sigma_amp"].unsqueeze(1)
+        s_cp = phys["sigma_cp"].unsqueeze(1)
+        s_lca = phys["sigma_lca"].unsqueeze(1)
+        chi_amp = ((amp - y_amp) / s_amp).square().mean(-1)
+        chi_cp = 2.0 * ((1 - torch.cos(y_cp - cp)) / s_cp.square()).mean(-1)
+        chi_lca = ((lca - y_lca) / s_lca).square().mean(-1)
+        chi_flux = ((flux - y_flux) / 2).square().mean(-1)
+        return tuple(t.flatten() for t in (chi_amp, chi_cp, chi_lca, chi_flux))
+
+    def loss_m(self, measurements: torch.Tensor, observation: Observation) -> torch.Tensor:
+        """The reference's weighted data term per row."""
+        chi = self.chi2_terms(measurements, observation)
+        w1, w2, w3, w4 = self.weights
+        m, c, l, _ = self.sizes
+        return 2 * (w1 * m * chi[0] + w2 * c * chi[1] + w3 * l * chi[2] + w4 * chi[3])

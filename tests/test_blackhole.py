@@ -1,0 +1,144 @@
+"""Black-hole imaging operator: EHT coverage, DFT against ehtim, closure physics, noise, chi^2,
+gradients and batching."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from utils.rng import BatchRNG
+
+pytest.importorskip("ehtim")
+
+ROOT = Path(__file__).resolve().parents[1]
+ARRAY = ROOT / "data" / "eht" / "EHT2017_m87.txt"
+
+
+def ring(n=64, fov=160.0, radius=20.0, width=4.0, angle=1.0):
+    """Normalized [-1, 1] crescent: an asymmetric Gaussian ring of ``radius`` uas."""
+    c = (torch.arange(n, dtype=torch.float64) - n / 2 + 0.5) * fov / n
+    yy, xx = torch.meshgrid(c, c, indexing="ij")
+    r = (xx**2 + yy**2).sqrt()
+    img = torch.exp(-(((r - radius) / width) ** 2) / 2) * (
+        1 + 0.6 * torch.cos(torch.atan2(yy, xx) - angle)
+    )
+    return (2 * img / img.max() - 1)[None]
+
+
+@pytest.fixture(scope="module")
+def op():
+    from inverse_problems.blackhole import BlackHoleImaging
+
+    return BlackHoleImaging(array_file=str(ARRAY), flux_scale=0.004)
+
+
+def test_coverage_and_minimal_closure_sets_match_ehtim(op):
+    """837 visibilities; as many closures as ehtim's minimal sets (508 phases, 427 amplitudes),
+    each set linearly independent as combinations of baseline phases / log amplitudes."""
+    import ehtim as eh
+
+    assert op.sizes == (837, 508, 427, 1)
+    arr = eh.array.load_txt(str(ARRAY))
+    obs = arr.obsdata(12.513728717, 12.39112324, 230e9, 2e9, 60, 600, 0, 24, mjd=57849)
+    with np.errstate(all="ignore"):
+        assert len(obs.bispectra(count="min")) == 508
+        assert len(obs.c_amplitudes(count="min")) == 427
+    m = op.sizes[0]
+    for index, sign in ((op.cp_index, op.cp_sign), (op.ca_index, op.ca_sign)):
+        design = torch.zeros(len(index), m, dtype=torch.float64)
+        design.scatter_add_(1, index, sign)
+        assert int(torch.linalg.matrix_rank(design)) == len(index)
+
+
+def test_dft_matches_ehtim_to_round_off(op):
+    from ehtim.observing.obs_helpers import ftmatrix
+
+    cov = op.coverage
+    ours = torch.complex(*op.dft.T.reshape(2, len(cov), -1)).numpy()
+    theirs = ftmatrix(op.psize, 64, 64, np.stack([cov.u, cov.v], 1))
+    assert np.abs(ours - theirs).max() < 1e-13
+
+
+def test_closures_are_invariant_to_station_gains(op):
+    """Closure phases do not see station phase errors and log closure amplitudes do not see
+    station amplitude errors (the reason to image from them); amplitudes do."""
+    x = ring()[None].repeat(2, 1, 1, 1)
+    vis = op.visibilities(x)
+    gains = op._station_gains(BatchRNG.for_items(0, range(2), 0), 2, x.device)
+    (cp0, lca0), (cp1, lca1) = op.closures(vis), op.closures(vis * gains)
+    wrapped = torch.atan2(torch.sin(cp1 - cp0), torch.cos(cp1 - cp0))
+    assert float(wrapped.abs().max()) < 1e-10
+    assert float((lca1 - lca0).abs().max()) < 1e-10
+    assert float(((vis * gains).abs() / vis.abs() - 1).abs().mean()) > 0.05
+
+
+def test_true_image_has_unit_reduced_chi2_under_thermal_noise(op):
+    """Measured over 4 noise draws: chi2_amp 1.003, chi2_cp 0.988, chi2_lca 1.019."""
+    x = ring()[None].repeat(4, 1, 1, 1)
+    obs = op({"target": x}, BatchRNG.for_items(0, range(4), 0))
+    chi_amp, chi_cp, chi_lca, _ = op.chi2_terms(op.forward(x), obs)
+    for chi in (chi_amp, chi_cp, chi_lca):
+        assert abs(float(chi.mean()) - 1) < 0.1
+    # an image that is not the source is far from the data
+    other = ring(radius=30.0, angle=3.0)[None]
+    chi_wrong = op.chi2_terms(op.forward(other.repeat(4, 1, 1, 1)), obs)
+    assert float(chi_wrong[1].mean()) > 10 and float(chi_wrong[2].mean()) > 10
+
+
+def test_eht_noise_corrupts_amplitudes_not_closures(op):
+    x = ring()[None]
+    obs = op({"target": x}, BatchRNG.for_items(0, [0], 0))
+    op_eht = type(op).__new__(type(op))
+    op_eht.__dict__.update(op.__dict__, noise_type="eht")
+    obs_eht = op_eht({"target": x}, BatchRNG.for_items(0, [0], 0))
+    chi = op.chi2_terms(op.forward(x), obs_eht)
+    assert float(chi[0]) > 20  # amplitudes carry the gain errors (gain_std 0.1)
+    assert abs(float(chi[1]) - 1) < 0.2 and abs(float(chi[2]) - 1) < 0.2
+    assert obs.y.shape == obs_eht.y.shape == (1, 837 + 508 + 427 + 1)
+
+
+def test_gradient_matches_finite_differences(op):
+    x = ring()[None].repeat(2, 1, 1, 1)
+    obs = op({"target": x}, BatchRNG.for_items(0, range(2), 0))
+    g = torch.Generator().manual_seed(0)
+    x0 = (x + 0.05 * torch.randn(x.shape, dtype=torch.float64, generator=g)).clamp(-1, 1)
+    d = torch.randn(x.shape, dtype=torch.float64, generator=g)
+    grad, loss = op.gradient(x0, obs, return_loss=True)
+    h = 1e-6
+    fd = (op.loss(x0 + h * d, obs) - op.loss(x0 - h * d, obs)) / (2 * h)
+    torch.testing.assert_close((grad * d).flatten(1).sum(1), fd, rtol=1e-5, atol=0)
+    torch.testing.assert_close(loss, op.loss(x0, obs))
+
+
+def test_batch_elements_are_independent(op):
+    """Observations and losses of a batch equal those of each item alone (per-item streams)."""
+    x = torch.cat([ring(), ring(radius=25.0, angle=2.0), ring(radius=15.0)])[:, None]
+    rng = BatchRNG.for_items(3, range(3), 0)
+    obs = op({"target": x}, rng)
+    probe = x.flip(-1).repeat_interleave(2, 0)
+    loss = op.loss(probe, obs)
+    for i in range(3):
+        alone = op({"target": x[i : i + 1]}, BatchRNG(rng.seeds[i : i + 1]))
+        torch.testing.assert_close(alone.y, obs.y[i : i + 1])
+        torch.testing.assert_close(
+            op.loss(probe[2 * i : 2 * i + 2], alone), loss[2 * i : 2 * i + 2]
+        )
+
+
+def test_observation_time_ratio_and_bad_settings(op):
+    """The first half of the time stamps (the paper's sparser settings): 616 visibilities."""
+    from inverse_problems.blackhole import BlackHoleImaging
+
+    half = BlackHoleImaging(array_file=str(ARRAY), observation_time_ratio=0.5)
+    stamps = len(np.unique(op.coverage.time))
+    assert len(np.unique(half.coverage.time)) == math.ceil(stamps / 2)
+    assert half.sizes[0] < 837 and half.sizes[1] < 508 and half.sizes[2] < 427
+    with pytest.raises(ValueError, match="noise_type"):
+        BlackHoleImaging(array_file=str(ARRAY), noise_type="thermal")
+    with pytest.raises(FileNotFoundError, match="station table"):
+        BlackHoleImaging(array_file="missing.txt")
+    assert math.isfinite(half.psize)
