@@ -142,3 +142,32 @@ def test_observation_time_ratio_and_bad_settings(op):
     with pytest.raises(FileNotFoundError, match="station table"):
         BlackHoleImaging(array_file="missing.txt")
     assert math.isfinite(half.psize)
+
+
+def test_generated_images_and_lmdb_round_trip(tmp_path):
+    """Generated crescents: non-negative, peak 1, a ring (bright annulus, dimmer centre); the
+    reference's float64 layout reads back, normalized per image to [-1, 1], ids honoured."""
+    from training.blackhole import BlackHole, generate
+    from training.dataset import write_lmdb
+
+    images = generate(6, 32, seed=4)
+    assert images.shape == (6, 1, 32, 32) and images.dtype == np.float64
+    assert images.min() >= 0 and np.allclose(images.max(axis=(1, 2, 3)), 1)
+    c = (np.arange(32) - 15.5) * 5.0  # uas
+    r = np.hypot(*np.meshgrid(c, c, indexing="ij"))
+    annulus, centre = images[:, 0, (r > 12) & (r < 30)].mean(1), images[:, 0, r < 6].mean(1)
+    assert (annulus > 2 * centre).all()
+    write_lmdb(tmp_path / "bh", list(images), dtype=np.float64)
+    ds = BlackHole(tmp_path / "bh", resolution=32, original_resolution=32, id_list="3-5")
+    item = ds[1]["target"]
+    assert item.shape == (1, 32, 32) and float(item.max()) == 1.0 and float(item.min()) >= -1
+    torch.testing.assert_close(
+        item.double(), torch.from_numpy(2 * images[4] - 1), atol=1e-6, rtol=0
+    )
+    small = BlackHole(tmp_path / "bh", resolution=16, original_resolution=32)[0]["target"]
+    assert small.shape == (1, 16, 16) and float(small.max()) == 1.0
+    torch.manual_seed(0)
+    aug = BlackHole(tmp_path / "bh", 32, 32, random_flip=True, zoom_in_out=True)
+    assert aug[0]["target"].shape == (1, 32, 32)
+    with pytest.raises(ValueError, match="original_resolution"):
+        BlackHole(tmp_path / "bh", resolution=32, original_resolution=64)[0]
