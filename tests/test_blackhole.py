@@ -171,3 +171,26 @@ def test_generated_images_and_lmdb_round_trip(tmp_path):
     assert aug[0]["target"].shape == (1, 32, 32)
     with pytest.raises(ValueError, match="original_resolution"):
         BlackHole(tmp_path / "bh", resolution=32, original_resolution=64)[0]
+
+
+def test_evaluator_alignment_blur_labels_and_chi2(op):
+    """A sub-pixel-shifted copy of the truth scores far better after alignment than before; the
+    blurred PSNRs carry their own FWHM (more blur, higher PSNR for a noisy image); chi^2 of the
+    truth is about 1 (1 is best)."""
+    from eval import BlackHole, shift_image
+
+    target = ((ring() + 1) / 2)[None]  # unnormalized (1, 1, 64, 64)
+    moved = shift_image(target[:, 0], torch.tensor([2.3]), torch.tensor([-1.7]))[:, None]
+    g = torch.Generator().manual_seed(0)
+    noisy = target + 0.05 * torch.randn(target.shape, dtype=torch.float64, generator=g)
+    obs = op({"target": 2 * target - 1}, BatchRNG.for_items(0, [0], 0))
+    ev = BlackHole(op, shift_steps=31)
+    values = ev.evaluate(torch.cat([moved, noisy]), target, obs)
+    unaligned = 10 * math.log10(1 / float((moved - target).square().mean()))
+    assert values["psnr"] > unaligned + 15 and values["psnr"] > 40
+    assert values["blur_psnr_20"] > values["blur_psnr_10"] > values["psnr_mean"]
+    assert {"blur_psnr_10", "blur_psnr_15", "blur_psnr_20", "chi2_cp_mean"} <= set(values)
+    truth = ev.evaluate(target, target, obs)
+    assert 1 <= truth["chi2_cp"] < 1.2 and 1 <= truth["chi2_logcamp"] < 1.2
+    with pytest.raises(ValueError, match="pixel_uas"):
+        BlackHole()
