@@ -18,6 +18,7 @@ DFT, and minimal independent sets of closure phases and log closure amplitudes.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import math
 from dataclasses import dataclass
@@ -25,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from utils.io import atomic_torch_save, user_cache_dir
 
 RADPERUAS = math.pi / 180.0 / 3600.0 / 1e6
 
@@ -61,6 +64,9 @@ class UVCoverage:
         )
 
 
+_FIELDS = ("time", "t1", "t2", "u", "v", "sigma")
+
+
 def _from_obsdata(obs) -> UVCoverage:
     names = tuple(str(s) for s in obs.tarr["site"])
     index = {s: i for i, s in enumerate(names)}
@@ -93,12 +99,19 @@ def simulate_coverage(
     """uv coverage of an observing night with ehtim from a station table (ehtim's text format:
     name, geocentric X Y Z in m, SEFDs in Jy, ...). Defaults: M87* on 2017 April 6 (MJD 57849)
     at 230 GHz, 2 GHz bandwidth, 60 s integrations every 10 minutes over 24 h, elevations
-    10-85 degrees (with the EHT 2017 M87 table: 837 visibilities)."""
+    10-85 degrees (with the EHT 2017 M87 table: 837 visibilities). Cached in the user cache
+    (``utils.io.user_cache_dir``), keyed by the table's content and the parameters."""
     array_file = Path(array_file)
     if not array_file.is_file():
         raise FileNotFoundError(
             f"station table {array_file} not found (the EHT 2017 tables ship in data/eht/)"
         )
+    params = (ra, dec, rf, bw, tint, tadv, tstart, tstop, mjd, elevmin, elevmax)
+    key = hashlib.sha256(array_file.read_bytes() + repr(params).encode()).hexdigest()[:16]
+    cache = user_cache_dir() / "eht" / f"coverage_{key}.pt"
+    if cache.is_file():  # ehtim's import and track computation take seconds
+        saved = torch.load(cache, weights_only=True)
+        return UVCoverage(tuple(saved["stations"]), *(saved[k].numpy() for k in _FIELDS))
     import ehtim as eh
 
     arr = eh.array.load_txt(str(array_file))
@@ -106,7 +119,10 @@ def simulate_coverage(
         ra, dec, rf, bw, tint, tadv, tstart, tstop, mjd=mjd, timetype="UTC",
         elevmin=elevmin, elevmax=elevmax,
     )  # fmt: skip
-    return _from_obsdata(obs)
+    cov = _from_obsdata(obs)
+    saved = {k: torch.from_numpy(np.ascontiguousarray(getattr(cov, k))) for k in _FIELDS}
+    atomic_torch_save({"stations": list(cov.stations), **saved}, cache)
+    return cov
 
 
 def read_uvfits(path) -> UVCoverage:

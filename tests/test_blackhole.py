@@ -47,6 +47,12 @@ def test_coverage_and_minimal_closure_sets_match_ehtim(op):
     with np.errstate(all="ignore"):
         assert len(obs.bispectra(count="min")) == 508
         assert len(obs.c_amplitudes(count="min")) == 427
+    from inverse_problems.eht import simulate_coverage
+
+    again = simulate_coverage(ARRAY)  # from the per-user cache this time
+    assert again.stations == op.coverage.stations
+    for k in ("time", "t1", "t2", "u", "v", "sigma"):
+        np.testing.assert_array_equal(getattr(again, k), getattr(op.coverage, k))
     m = op.sizes[0]
     for index, sign in ((op.cp_index, op.cp_sign), (op.ca_index, op.ca_sign)):
         design = torch.zeros(len(index), m, dtype=torch.float64)
