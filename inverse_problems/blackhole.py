@@ -95,6 +95,7 @@ class BlackHoleImaging(BaseOperator):
         self.weights = (float(w1), float(w2), float(w3), float(w4))
         self.gain_std = float(gain_std)
         self.ref_flux = ref_flux
+        self.array_file = str(array_file)
         if root is not None:
             root = Path(root)
             cov = read_uvfits(root / "obs.uvfits")
@@ -198,6 +199,8 @@ class BlackHoleImaging(BaseOperator):
                 sig_cp, sig_lca = self.closure_sigmas(vis)
                 y = self.measurements(vis, flux)
         physics = {"sigma_amp": sig.clone(), "sigma_cp": sig_cp, "sigma_lca": sig_lca}
+        if self.noise_type != "gaussian":  # the noisy visibilities, for visibility-based imagers
+            physics["vis"] = torch.view_as_real(vis.contiguous())
         return Observation(y, physics)
 
     def _station_gains(self, rng, B: int, device) -> torch.Tensor:

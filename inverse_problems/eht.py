@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +47,8 @@ class UVCoverage:
     u: np.ndarray
     v: np.ndarray
     sigma: np.ndarray
+    #: the observation's source and set-up (ra h, dec deg, rf Hz, bw Hz, mjd, tint s)
+    source: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.u)
@@ -61,6 +63,7 @@ class UVCoverage:
         return UVCoverage(
             self.stations,
             *(a[keep] for a in (self.time, self.t1, self.t2, self.u, self.v, self.sigma)),
+            source=self.source,
         )
 
 
@@ -79,6 +82,14 @@ def _from_obsdata(obs) -> UVCoverage:
         np.asarray(d["u"], dtype=np.float64),
         np.asarray(d["v"], dtype=np.float64),
         np.asarray(d["sigma"], dtype=np.float64),
+        source={
+            "ra": float(obs.ra),
+            "dec": float(obs.dec),
+            "rf": float(obs.rf),
+            "bw": float(obs.bw),
+            "mjd": int(obs.mjd),
+            "tint": float(np.median(d["tint"])),
+        },
     )
 
 
@@ -107,11 +118,16 @@ def simulate_coverage(
             f"station table {array_file} not found (the EHT 2017 tables ship in data/eht/)"
         )
     params = (ra, dec, rf, bw, tint, tadv, tstart, tstop, mjd, elevmin, elevmax)
-    key = hashlib.sha256(array_file.read_bytes() + repr(params).encode()).hexdigest()[:16]
+    stamp = repr(("coverage-v2", params)).encode()  # bump when the cached fields change
+    key = hashlib.sha256(array_file.read_bytes() + stamp).hexdigest()[:16]
     cache = user_cache_dir() / "eht" / f"coverage_{key}.pt"
     if cache.is_file():  # ehtim's import and track computation take seconds
         saved = torch.load(cache, weights_only=True)
-        return UVCoverage(tuple(saved["stations"]), *(saved[k].numpy() for k in _FIELDS))
+        return UVCoverage(
+            tuple(saved["stations"]),
+            *(saved[k].numpy() for k in _FIELDS),
+            source=dict(saved["source"]),
+        )
     import ehtim as eh
 
     arr = eh.array.load_txt(str(array_file))
@@ -121,7 +137,7 @@ def simulate_coverage(
     )  # fmt: skip
     cov = _from_obsdata(obs)
     saved = {k: torch.from_numpy(np.ascontiguousarray(getattr(cov, k))) for k in _FIELDS}
-    atomic_torch_save({"stations": list(cov.stations), **saved}, cache)
+    atomic_torch_save({"stations": list(cov.stations), "source": cov.source, **saved}, cache)
     return cov
 
 

@@ -37,6 +37,7 @@ TINY = {
         f"{M}.batch_size=4",
     ],
     "dps": [f"{M}.diffusion_scheduler_config.num_steps=4"],
+    "ehtim_rml": [f"{M}.maxit=3", f"{M}.rounds=1"],
     "dps_gsg": [
         f"{M}.diffusion_scheduler_config.num_steps=4",
         f"{M}.num_queries=4",
@@ -67,7 +68,7 @@ TINY = {
 
 #: Algorithms bound to one problem family (they run in that problem's tests): on gmm they must
 #: refuse with this message.
-NOT_ON_GMM = {"cs_mri": "multi-coil MRI"}
+NOT_ON_GMM = {"cs_mri": "multi-coil MRI", "ehtim_rml": "black-hole imaging operator"}
 
 
 def test_every_algorithm_config_is_covered():
