@@ -223,3 +223,26 @@ def test_ehtim_rml_fits_the_closures(op):
     gaussian = type(op)(array_file=str(ARRAY), imsize=32, noise_type="gaussian")
     with pytest.raises(ValueError, match="visibilities"):
         EhtimRML(Net(), gaussian)
+
+
+def test_reads_the_reference_obs_uvfits_and_gt_fits(tmp_path):
+    """root/{obs.uvfits, gt.fits} as the reference ships them: the coverage and sigmas come from
+    the uvfits, flux_scale from the ground truth's peak."""
+    import ehtim as eh
+
+    from inverse_problems.blackhole import BlackHoleImaging
+
+    arr = eh.array.load_txt(str(ARRAY))
+    obs = arr.obsdata(12.513728717, 12.39112324, 230e9, 2e9, 60, 1200, 0, 24, mjd=57849)
+    gt = eh.image.make_square(obs, 32, 160 * eh.RADPERUAS).add_gauss(
+        0.6, (40 * eh.RADPERUAS, 40 * eh.RADPERUAS, 0, 0, 0)
+    )
+    obs.save_uvfits(str(tmp_path / "obs.uvfits"))
+    gt.save_fits(str(tmp_path / "gt.fits"))
+    op = BlackHoleImaging(root=str(tmp_path), imsize=32)
+    assert op.sizes[0] == len(obs.data)
+    np.testing.assert_allclose(op.coverage.u, obs.data["u"], rtol=1e-6)
+    np.testing.assert_allclose(op.coverage.sigma, obs.data["sigma"], rtol=1e-6)
+    assert op.flux_scale == pytest.approx(float(gt.imvec.max()), rel=1e-6)
+    with pytest.raises(FileNotFoundError, match=r"obs\.uvfits"):
+        BlackHoleImaging(root=str(tmp_path / "missing"))
