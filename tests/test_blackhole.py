@@ -246,3 +246,30 @@ def test_reads_the_reference_obs_uvfits_and_gt_fits(tmp_path):
     assert op.flux_scale == pytest.approx(float(gt.imvec.max()), rel=1e-6)
     with pytest.raises(FileNotFoundError, match=r"obs\.uvfits"):
         BlackHoleImaging(root=str(tmp_path / "missing"))
+
+
+def test_shipped_small_prior_matches_the_data():
+    """Unconditional samples of checkpoints/blackhole-small.pt look like the training crescents
+    (measured on 32 samples, Heun 40 steps: brightness mean 0.054, std 0.146, 3.4 % of pixels
+    above half the peak, 75 % with a ring twice as bright as the centre; data 0.050, 0.143, 3.2 %;
+    samples are farther from their nearest training image, 3.58, than training images are from
+    each other, 3.10). Here 8 samples and 20 steps, with margins."""
+    from hydra import compose, initialize_config_dir
+
+    from models.loading import build_prior
+    from utils.diffusion import sample
+    from utils.scheduler import Scheduler
+
+    with initialize_config_dir(config_dir=str(ROOT / "configs/pretrain"), version_base="1.3"):
+        cfg = compose("blackhole-small")
+    net = build_prior(cfg.model, ROOT / "checkpoints/blackhole-small.pt").eval()
+    sched = Scheduler(20, 80.0, 0.002, 0.0, schedule="linear", timestep="poly-7")
+    with torch.no_grad():
+        x = sample(net, BatchRNG(range(8)).randn(1, 32, 32) * 80, sched, solver="heun")
+    f = (x + 1) / 2
+    assert abs(float(f.mean()) - 0.050) < 0.015 and abs(float(f.std()) - 0.143) < 0.03
+    assert abs(float((f > 0.5).float().mean()) - 0.032) < 0.015
+    c = (torch.arange(32) - 15.5) * 5.0
+    r = torch.sqrt(c[:, None] ** 2 + c[None, :] ** 2)
+    ring_, centre = f[:, 0][:, (r > 12) & (r < 30)].mean(1), f[:, 0][:, r < 6].mean(1)
+    assert float((ring_ > 2 * centre).float().mean()) >= 0.5
