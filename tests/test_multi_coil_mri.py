@@ -391,3 +391,30 @@ def test_shipped_small_prior_matches_the_data():
     mag = x.square().sum(1).sqrt()
     assert abs(float(mag.mean()) - 0.238) < 0.05 and abs(float(mag.std()) - 0.326) < 0.06
     assert abs(float((mag > 0.5).float().mean()) - 0.231) < 0.07
+
+
+def test_small_problem_diffusion_beats_zero_filled(config_factory):
+    """multi-coil-mri-small through main.py with the shipped prior and the tuned CSGM settings
+    (348 NFE): far better than the zero-filled reconstruction. Measured on the 10 default items,
+    PSNR / SSIM: zero-filled 17.2 / 0.445, SENSE 22.7 / 0.573, L1-wavelet 23.1 / 0.660, TV 19.0 /
+    0.538, DPS 27.2 / 0.643, ScoreMRI 25.2 / 0.611, CSGM 30.9 / 0.805 (tuned settings in
+    configs/tuned/multi-coil-mri-small). Here items 0-1."""
+    from pathlib import Path
+
+    from eval import MRI
+    from main import run
+    from training.mri import MultiCoilMRILMDBData
+
+    common = ["problem=multi-coil-mri-small", "pretrain=mri-small", "problem.data.id_list=0-1"]
+    csgm = run(config_factory([*common, "algorithm=csgm_mri"]))
+    assert csgm["nfe"] == 348 and csgm["op_gradient"] == 348 and csgm["nonfinite"] == 0
+    root = Path(__file__).resolve().parents[1] / "data/multi-coil-mri-small/test"
+    ds = MultiCoilMRILMDBData(root, image_size=[64, 64], id_list="0-1")
+    op = MultiCoilMRI(total_lines=64, acceleration_ratio=4)
+    zero = MRI(op)
+    for i in range(2):
+        data = {k: v[None] for k, v in ds[i].items()}
+        obs = op(data, BatchRNG.for_items(0, [i], 0))
+        zero(op.adjoint(obs.y, **obs.physics).float(), data["target"], obs)
+    zf = zero.compute()
+    assert csgm["psnr"] > zf["psnr"] + 6 and csgm["ssim"] > zf["ssim"] + 0.2, (csgm, zf)
