@@ -28,3 +28,22 @@ def make_config(overrides: list[str], exp_dir: Path | None = None):
 @pytest.fixture
 def config_factory(tmp_path):
     return lambda overrides, exp_dir=tmp_path: make_config(overrides, exp_dir)
+
+
+def shipped_prior_samples(pretrain: str, checkpoint: str, num: int, steps: int = 40):
+    """``num`` unconditional samples of a shipped prior (``checkpoints/<checkpoint>``, network
+    from ``configs/pretrain/<pretrain>.yaml``): Heun on ``steps`` EDM steps from sigma 80, one
+    random stream per sample (streams 0 ... num-1)."""
+    from models.loading import build_prior
+    from utils.diffusion import sample
+    from utils.rng import BatchRNG
+    from utils.scheduler import Scheduler
+
+    root = Path(CONFIGS).parent
+    with initialize_config_dir(config_dir=str(root / "configs/pretrain"), version_base="1.3"):
+        cfg = compose(pretrain)
+    net = build_prior(cfg.model, root / "checkpoints" / checkpoint).eval()
+    shape = (cfg.model.img_channels, cfg.model.img_resolution, cfg.model.img_resolution)
+    sched = Scheduler(steps, 80.0, 0.002, 0.0, schedule="linear", timestep="poly-7")
+    with torch.no_grad():
+        return sample(net, BatchRNG(range(num)).randn(*shape) * 80, sched, solver="heun")

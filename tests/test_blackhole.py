@@ -254,18 +254,9 @@ def test_shipped_small_prior_matches_the_data():
     above half the peak, 75 % with a ring twice as bright as the centre; data 0.050, 0.143, 3.2 %;
     samples are farther from their nearest training image, 3.58, than training images are from
     each other, 3.10). Here 8 samples and 20 steps, with margins."""
-    from hydra import compose, initialize_config_dir
+    from tests.conftest import shipped_prior_samples
 
-    from models.loading import build_prior
-    from utils.diffusion import sample
-    from utils.scheduler import Scheduler
-
-    with initialize_config_dir(config_dir=str(ROOT / "configs/pretrain"), version_base="1.3"):
-        cfg = compose("blackhole-small")
-    net = build_prior(cfg.model, ROOT / "checkpoints/blackhole-small.pt").eval()
-    sched = Scheduler(20, 80.0, 0.002, 0.0, schedule="linear", timestep="poly-7")
-    with torch.no_grad():
-        x = sample(net, BatchRNG(range(8)).randn(1, 32, 32) * 80, sched, solver="heun")
+    x = shipped_prior_samples("blackhole-small", "blackhole-small.pt", 8, steps=20)
     f = (x + 1) / 2
     assert abs(float(f.mean()) - 0.050) < 0.015 and abs(float(f.std()) - 0.143) < 0.03
     assert abs(float((f > 0.5).float().mean()) - 0.032) < 0.015

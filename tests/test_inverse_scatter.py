@@ -265,18 +265,9 @@ def test_shipped_small_prior_matches_the_data():
     """Unconditional samples of checkpoints/inv-scatter-small.pt have the phantoms' statistics
     (measured on 64 samples: mean 0.094, std 0.210, 16.1 % of pixels above 0.2; data 0.094,
     0.214, 16.5 %)."""
-    from hydra import compose, initialize_config_dir
+    from tests.conftest import shipped_prior_samples
 
-    from models.loading import build_prior
-    from utils.diffusion import sample
-    from utils.scheduler import Scheduler
-
-    with initialize_config_dir(config_dir=str(ROOT / "configs/pretrain"), version_base="1.3"):
-        cfg = compose("inv-scatter-small")
-    net = build_prior(cfg.model, ROOT / "checkpoints/inv-scatter-small.pt").eval()
-    sched = Scheduler(40, 80.0, 0.002, 0.0, schedule="linear", timestep="poly-7")
-    with torch.no_grad():
-        x = sample(net, BatchRNG(range(32)).randn(1, 32, 32) * 80, sched, solver="heun")
+    x = shipped_prior_samples("inv-scatter-small", "inv-scatter-small.pt", 32)
     f = (x + 1) / 2
     assert abs(float(f.mean()) - 0.094) < 0.02 and abs(float(f.std()) - 0.212) < 0.03
     assert abs(float((f > 0.2).float().mean()) - 0.165) < 0.04

@@ -373,21 +373,9 @@ def test_shipped_small_prior_matches_the_data():
     32 samples, Heun 40 steps: |x| mean 0.233, std 0.314, 22.3 % of pixels above 0.5; data
     0.238, 0.326, 23.1 %; nearest training image no closer than training images are to each
     other). Here 8 samples and 20 steps, with margins."""
-    from pathlib import Path
+    from tests.conftest import shipped_prior_samples
 
-    from hydra import compose, initialize_config_dir
-
-    from models.loading import build_prior
-    from utils.diffusion import sample
-    from utils.scheduler import Scheduler
-
-    root = Path(__file__).resolve().parents[1]
-    with initialize_config_dir(config_dir=str(root / "configs/pretrain"), version_base="1.3"):
-        cfg = compose("mri-small")
-    net = build_prior(cfg.model, root / "checkpoints/mri-small.pt").eval()
-    sched = Scheduler(20, 80.0, 0.002, 0.0, schedule="linear", timestep="poly-7")
-    with torch.no_grad():
-        x = sample(net, BatchRNG(range(8)).randn(2, 64, 64) * 80, sched, solver="heun")
+    x = shipped_prior_samples("mri-small", "mri-small.pt", 8, steps=20)
     mag = x.square().sum(1).sqrt()
     assert abs(float(mag.mean()) - 0.238) < 0.05 and abs(float(mag.std()) - 0.326) < 0.06
     assert abs(float((mag > 0.5).float().mean()) - 0.231) < 0.07

@@ -103,27 +103,12 @@ def test_shipped_small_test_split_matches_card_and_generator():
     torch.testing.assert_close(torch.from_numpy(again), w[:2], rtol=0, atol=1e-4)
 
 
-def _small_prior():
-    from hydra import compose, initialize_config_dir
-
-    from models.loading import build_prior
-
-    with initialize_config_dir(config_dir=str(ROOT / "configs/pretrain"), version_base="1.3"):
-        cfg = compose("navier-stokes-small")
-    return build_prior(cfg.model, ROOT / "checkpoints/ns-small.pt").eval()
-
-
 def test_shipped_small_prior_matches_the_data():
     """Unconditional samples of checkpoints/ns-small.pt have the data's pixel std (measured 0.489
     vs 0.496) and radial spectrum (ratio 0.87-1.05 at |k| = 1..16)."""
-    from utils.diffusion import sample
-    from utils.rng import BatchRNG
-    from utils.scheduler import Scheduler
+    from tests.conftest import shipped_prior_samples
 
-    net = _small_prior()
-    sched = Scheduler(40, 80.0, 0.002, 0.0, schedule="linear", timestep="poly-7")
-    with torch.no_grad():
-        x = sample(net, BatchRNG(range(32)).randn(1, 32, 32) * 80, sched, solver="heun")
+    x = shipped_prior_samples("navier-stokes-small", "ns-small.pt", 32)
     ds = LMDBData(ROOT / "data/navier-stokes-small/test", resolution=32, std=5.0)
     t = torch.stack([ds[i]["target"] for i in range(16)])
     assert abs(float(x.std()) / float(t.std()) - 1) < 0.1
