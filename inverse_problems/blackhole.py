@@ -133,10 +133,13 @@ class BlackHoleImaging(BaseOperator):
         return float(np.max(eh.image.load_fits(str(path)).imvec))
 
     # -- physics ---------------------------------------------------------------------------------
-    def visibilities(self, x: torch.Tensor) -> torch.Tensor:
-        """(R, m) complex visibilities of normalized images x (R, 1, H, W)."""
-        img = self.unnormalize(x).to(torch.float64).flatten(1)
-        ri = img @ self.dft
+    def image(self, x: torch.Tensor) -> torch.Tensor:
+        """(R, P) float64 intensities of normalized images x (R, 1, H, W)."""
+        return self.unnormalize(x).to(torch.float64).flatten(1)
+
+    def visibilities(self, x: torch.Tensor, img: torch.Tensor | None = None) -> torch.Tensor:
+        """(R, m) complex visibilities of normalized images x (or of ``img`` from ``image``)."""
+        ri = (self.image(x) if img is None else img) @ self.dft
         m = self.sizes[0]
         return torch.complex(ri[:, :m], ri[:, m:])
 
@@ -154,9 +157,8 @@ class BlackHoleImaging(BaseOperator):
 
     def forward(self, x: torch.Tensor, **_) -> torch.Tensor:
         """(R, m + c + l + 1): amplitudes, closure phases, log closure amplitudes, total flux."""
-        vis = self.visibilities(x)
-        flux = self.unnormalize(x).to(torch.float64).flatten(1).sum(1)
-        return self.measurements(vis, flux)
+        img = self.image(x)
+        return self.measurements(self.visibilities(x, img), img.sum(1))
 
     def split(self, y: torch.Tensor):
         """(amp, cp, lca, flux) views of packed measurements."""
@@ -175,8 +177,8 @@ class BlackHoleImaging(BaseOperator):
         x = data["target"].to(self.device)
         B = x.shape[0]
         with torch.no_grad():
-            vis = self.visibilities(x)
-            flux = self.unnormalize(x).to(torch.float64).flatten(1).sum(1)
+            img = self.image(x)
+            vis, flux = self.visibilities(x, img), img.sum(1)
             sig = self.sigma_vis.expand(B, -1)
             if self.noise_type == "gaussian":
                 sig_cp, sig_lca = self.closure_sigmas(vis)
