@@ -1,0 +1,310 @@
+"""2-D acoustic wave propagation with Devito, one shot at a time (the FWI worker side).
+
+This module imports numpy and Devito only (no torch), so Dask workers that run it stay light.
+Units: metres, milliseconds, km/s (= m/ms) and kHz; grid axes (x, z), z pointing down.
+
+Physics: m u_tt + m eta u_t - Laplace(u) = q, with squared slowness m = 1 / v^2 (ms^2/m^2), a
+sponge ``eta`` (1/ms) in ``nbl`` absorbing cells on the left, right and bottom, and a free surface
+(u = 0) at z = 0 imposed by odd mirroring into ``space_order / 2`` image rows above it (the
+image method). Time: second-order leapfrog; space: ``space_order`` centred differences.
+Source: Ricker wavelet of peak frequency f0 with delay 1 / f0; receivers record u at every step
+(samples 0 ... nt - 1, nt = tn / dt + 1).
+
+Gradient (adjoint state, Plessix 2006, Geophys. J. Int. 167(2), 495-503): for
+J = 1/2 sum_n ||P u^n - d^n||^2 the adjoint field v solves the same wave equation backward in time,
+driven by the residual injected at the receivers, and dJ/dm = -sum_n u^n (D_tt v)^n, the discrete
+time-summation-by-parts form of -sum_n v^n (D_tt u)^n for the leapfrog scheme; the chain rule to
+velocity is dJ/dv = -2 / v^3 dJ/dm.
+
+Operators are built and JIT-compiled once per process and survey (``solver_for``) and reused for
+every model and shot: only the model, the source and receiver positions and the data change
+between calls. Compiled kernels live in ``jit_cache_dir`` (a per-user folder).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Survey:
+    """Grid, absorbing layer, time axis, source wavelet and acquisition geometry (hashable)."""
+
+    shape: tuple[int, int]  # physical grid points (nx, nz)
+    spacing: tuple[float, float]  # (dx, dz) in m
+    nbl: int  # absorbing cells on the left, right and bottom
+    tn: float  # record length in ms
+    dt: float  # time step and sample interval in ms
+    f0: float  # Ricker peak frequency in kHz
+    sources: tuple[tuple[float, float], ...]  # (x, z) in m, one per shot
+    receivers: tuple[tuple[float, float], ...]  # (x, z) in m, shared by all shots
+    space_order: int = 4
+    free_surface: bool = True
+    reflection: float = 1e-3  # target amplitude reflection of the sponge (normal incidence)
+    damp_velocity: float = 3.0  # km/s the sponge is tuned for (fixed: eta must not depend on v)
+
+    @property
+    def nt(self) -> int:
+        return round(self.tn / self.dt) + 1
+
+    @property
+    def nshots(self) -> int:
+        return len(self.sources)
+
+    @property
+    def top(self) -> int:
+        """Rows above z = 0: image rows for the free surface, else an absorbing layer."""
+        return self.space_order // 2 if self.free_surface else self.nbl
+
+    @property
+    def padded_shape(self) -> tuple[int, int]:
+        nx, nz = self.shape
+        return nx + 2 * self.nbl, nz + self.top + self.nbl
+
+    def ricker(self) -> np.ndarray:
+        t = np.arange(self.nt) * self.dt - 1.0 / self.f0
+        a = (math.pi * self.f0 * t) ** 2
+        return ((1.0 - 2.0 * a) * np.exp(-a)).astype(np.float32)
+
+    def pad(self, field: np.ndarray) -> np.ndarray:
+        """Extend a physical (nx, nz) field into the padding by edge replication."""
+        nbl = self.nbl
+        return np.pad(field, ((nbl, nbl), (self.top, nbl)), mode="edge")
+
+    def unpad_adjoint(self, padded: np.ndarray) -> np.ndarray:
+        """The transpose of ``pad``: each padding cell's value added to the edge cell it copies.
+        Image rows above a free surface are dropped (the mirror overwrites them, so the model
+        there has no effect)."""
+        nx, nz = self.shape
+        nxp, nzp = self.padded_shape
+        padded = np.array(padded, np.float64, copy=True)
+        if self.free_surface:
+            padded[:, : self.top] = 0.0
+        ix = np.clip(np.arange(nxp) - self.nbl, 0, nx - 1)
+        iz = np.clip(np.arange(nzp) - self.top, 0, nz - 1)
+        out = np.zeros((nx, nz), np.float64)
+        np.add.at(out, (ix[:, None], iz[None, :]), padded)
+        return out
+
+    def damping(self) -> np.ndarray:
+        """Sponge coefficient eta (1/ms) on the padded grid: quadratic ramps whose round-trip
+        attenuation exp(-int eta dt / 2) is ``reflection`` at normal incidence for waves of
+        ``damp_velocity``. It does not depend on the model, so the gradient has no term from it."""
+        nx, nz = self.shape
+        dx, dz = self.spacing
+        nbl, top = self.nbl, self.top
+        log_r = math.log(1.0 / self.reflection)
+        # distance into the layer, in cells, along x and z (0 inside the physical domain)
+        ix = np.arange(nx + 2 * nbl)
+        iz = np.arange(nz + top + nbl)
+        depth_x = np.maximum(nbl - ix, 0) + np.maximum(ix - (nx + nbl - 1), 0)
+        depth_z = np.maximum(iz - (top + nz - 1), 0)
+        if not self.free_surface:
+            depth_z = depth_z + np.maximum(top - iz, 0)
+        eta = np.zeros(self.padded_shape, np.float32)
+        if nbl:
+            # 1/2 int eta ds / v over a round trip (2 * integral of (d/L)^2 = 2L/3) = log(1/R)
+            v = self.damp_velocity
+            eta += (3.0 * v * log_r / (2.0 * nbl * dx)) * (depth_x[:, None] / nbl) ** 2
+            eta += (3.0 * v * log_r / (2.0 * nbl * dz)) * (depth_z[None, :] / nbl) ** 2
+        return eta.astype(np.float32)
+
+
+def jit_cache_dir() -> Path:
+    """Per-user folder for Devito's compiled kernels: ``$INVERSEBENCH_CACHE/devito``, else
+    ``$XDG_CACHE_HOME/inversebench/devito`` (default ``~/.cache``)."""
+    root = os.environ.get("INVERSEBENCH_CACHE")
+    if root:
+        return Path(root) / "devito"
+    xdg = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(xdg) / "inversebench" / "devito"
+
+
+def _configure_devito():
+    """Import Devito quietly, with its JIT cache in ``jit_cache_dir`` and a clear error when the
+    C compiler it needs is missing."""
+    os.environ.setdefault("DEVITO_LOGGING", "ERROR")
+    import devito
+
+    compiler = devito.configuration["compiler"]
+    cc = getattr(compiler, "CC", None) or getattr(compiler, "cc", None) or "gcc"
+    if shutil.which(str(cc).split()[0]) is None:
+        raise RuntimeError(
+            f"Devito needs a C compiler to build the wave-equation kernels, and {cc!r} is not on "
+            "PATH. Install one (e.g. `apt install gcc`) or point DEVITO_ARCH / CC at one."
+        )
+    cache = jit_cache_dir()
+    jit_dir, codepy_dir = cache / "jit", cache / "codepy"
+    jit_dir.mkdir(parents=True, exist_ok=True)
+    codepy_dir.mkdir(parents=True, exist_ok=True)
+    # Operators compile with copies of the configured compiler (``__new_with__``), so the
+    # folders are set on the class: every Devito compiler in this process uses them.
+    from devito.arch.compiler import Compiler
+
+    Compiler.get_jit_dir = lambda self: jit_dir
+    Compiler.get_codepy_dir = lambda self: codepy_dir
+    return devito
+
+
+class ShotSolver:
+    """Devito operators for one survey: forward (traces only), forward with the wavefield saved,
+    and adjoint plus gradient. Built lazily, reused for every model and shot."""
+
+    def __init__(self, survey: Survey):
+        dv = _configure_devito()
+        self.survey = s = survey
+        nxp, nzp = s.padded_shape
+        dx, dz = s.spacing
+        origin = (-s.nbl * dx, -s.top * dz)
+        extent = ((nxp - 1) * dx, (nzp - 1) * dz)
+        self.grid = grid = dv.Grid(shape=(nxp, nzp), extent=extent, origin=origin, dtype=np.float32)
+        so = s.space_order
+        self.m = dv.Function(name="m", grid=grid, space_order=so)
+        self.eta = dv.Function(name="eta", grid=grid, space_order=0)
+        self.wavelet = s.ricker()
+        # Time levels are offset by one: level 0 is the zero state before the start, level n + 1
+        # holds sample n (so the saved wavefield's second difference never reads level -1).
+        # Every time-indexed object has nt + 2 levels, the saved wavefield's length.
+        nt, nrec = s.nt + 2, len(s.receivers)
+        self.src = dv.SparseTimeFunction(name="src", grid=grid, npoint=1, nt=nt)
+        self.rec = dv.SparseTimeFunction(name="rec", grid=grid, npoint=nrec, nt=nt)
+        self.rec.coordinates.data[:] = np.asarray(s.receivers, np.float32)
+        self.src.data[1 : s.nt + 1, 0] = self.wavelet
+        self.eta.data[:] = s.damping()
+        self._ops = {}
+        self._fields = {}
+        self._dv = dv
+
+    # -- building --------------------------------------------------------------------------------
+    def _free_surface(self, field, forward: bool):
+        """u = 0 on z = 0 and odd images above it, for the time level just computed."""
+        dv = self._dv
+        if not self.survey.free_surface:
+            return []
+        t = field.indices[0]  # the modulo stepping dimension, or time itself when saved
+        x, _ = self.grid.dimensions
+        top = self.survey.top
+        lvl = t + 1 if forward else t - 1
+        eqs = [dv.Eq(field[lvl, x, top], 0)]
+        eqs += [dv.Eq(field[lvl, x, top - k], -field[lvl, x, top + k]) for k in range(1, top + 1)]
+        return eqs
+
+    def _wavefield(self, name: str, save: bool):
+        key = (name, save)
+        if key not in self._fields:
+            kw = {"save": self.survey.nt + 2} if save else {}
+            self._fields[key] = self._dv.TimeFunction(
+                name=name, grid=self.grid, time_order=2, space_order=self.survey.space_order, **kw
+            )
+        return self._fields[key]
+
+    def _forward_op(self, save: bool):
+        key = ("forward", save)
+        if key not in self._ops:
+            dv, m, eta = self._dv, self.m, self.eta
+            u = self._wavefield("u", save)
+            dt = self.grid.stepping_dim.spacing
+            pde = m * u.dt2 - u.laplace + m * eta * u.dt
+            eqs = [dv.Eq(u.forward, dv.solve(pde, u.forward))]
+            eqs += self.src.inject(field=u.forward, expr=self.src * dt**2 / m)
+            eqs += self._free_surface(u, forward=True)
+            eqs += self.rec.interpolate(expr=u)
+            self._ops[key] = dv.Operator(eqs, name=f"fwd{int(save)}")
+        return self._ops[key]
+
+    def _adjoint_op(self):
+        if "adjoint" not in self._ops:
+            dv, m, eta = self._dv, self.m, self.eta
+            u = self._wavefield("u", True)
+            v = self._wavefield("v", False)
+            self.grad = dv.Function(name="grad", grid=self.grid)
+            self.resid = dv.SparseTimeFunction(
+                name="resid",
+                grid=self.grid,
+                npoint=len(self.survey.receivers),
+                nt=self.survey.nt + 2,
+            )
+            self.resid.coordinates.data[:] = np.asarray(self.survey.receivers, np.float32)
+            dt = self.grid.stepping_dim.spacing
+            pde = m * v.dt2 - v.laplace - m * eta * v.dt
+            eqs = [dv.Eq(v.backward, dv.solve(pde, v.backward))]
+            eqs += self.resid.inject(field=v.backward, expr=self.resid * dt**2 / m)
+            eqs += self._free_surface(v, forward=False)
+            # dJ/dm = sum_n lambda^n (D_tt u + eta D_t u)^n with lambda = -v, summed by parts
+            eqs += [dv.Inc(self.grad, -u * (v.dt2 - eta * v.dt))]
+            self._ops["adjoint"] = dv.Operator(eqs, name="adjoint")
+        return self._ops["adjoint"]
+
+    # -- running ---------------------------------------------------------------------------------
+    def _set_model(self, vp: np.ndarray) -> None:
+        s = self.survey
+        vp = np.asarray(vp, np.float32)
+        if vp.shape != tuple(s.shape):
+            raise ValueError(f"velocity model has shape {vp.shape}, the survey expects {s.shape}")
+        if not np.all(np.isfinite(vp)) or vp.min() <= 0:
+            raise ValueError("velocity model must be finite and positive (km/s)")
+        vpad = s.pad(vp)
+        self.m.data[:] = 1.0 / vpad**2
+
+    def _run_forward(self, shot: int, save: bool) -> np.ndarray:
+        s = self.survey
+        op = self._forward_op(save)
+        u = self._wavefield("u", save)
+        u.data[:] = 0.0
+        self.rec.data[:] = 0.0
+        self.src.coordinates.data[0] = np.asarray(s.sources[shot], np.float32)
+        op.apply(time_m=1, time_M=s.nt, dt=s.dt)
+        return np.array(self.rec.data[1 : s.nt + 1], dtype=np.float32, copy=True)
+
+    def forward(self, vp: np.ndarray, shots) -> np.ndarray:
+        """Traces (len(shots), nt, nrec) of the velocity model vp (nx, nz) in km/s."""
+        self._set_model(vp)
+        return np.stack([self._run_forward(int(i), save=False) for i in shots])
+
+    def gradient(self, vp: np.ndarray, shots, observed: np.ndarray):
+        """Misfit 1/2 sum ||d - observed||^2 over ``shots`` and its gradient with respect to vp
+        (nx, nz), both float64; ``observed`` is (len(shots), nt, nrec)."""
+        s = self.survey
+        self._set_model(vp)
+        op = self._adjoint_op()
+        v = self._wavefield("v", False)
+        total = np.zeros(s.padded_shape, np.float64)
+        misfit = 0.0
+        for k, shot in enumerate(shots):
+            traces = self._run_forward(int(shot), save=True)
+            residual = traces - observed[k]
+            misfit += 0.5 * float(np.sum(residual.astype(np.float64) ** 2))
+            v.data[:] = 0.0
+            self.grad.data[:] = 0.0
+            self.resid.data[1 : s.nt + 1] = residual
+            op.apply(time_m=2, time_M=s.nt, dt=s.dt)
+            total += self.grad.data
+        grad_m = s.unpad_adjoint(total)
+        grad_v = -2.0 * grad_m / np.asarray(vp, np.float64) ** 3
+        return misfit, grad_v
+
+
+_SOLVERS: dict[Survey, ShotSolver] = {}
+
+
+def solver_for(survey: Survey) -> ShotSolver:
+    """This process's solver for ``survey`` (built on first use; kernels compile once)."""
+    if survey not in _SOLVERS:
+        _SOLVERS[survey] = ShotSolver(survey)
+    return _SOLVERS[survey]
+
+
+def forward_task(survey: Survey, vp: np.ndarray, shots) -> np.ndarray:
+    """Dask task: traces of ``shots`` for one model."""
+    return solver_for(survey).forward(vp, shots)
+
+
+def gradient_task(survey: Survey, vp: np.ndarray, shots, observed: np.ndarray):
+    """Dask task: misfit and velocity gradient of ``shots`` for one model."""
+    return solver_for(survey).gradient(vp, shots, observed)
