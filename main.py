@@ -21,6 +21,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from inverse_problems.black_box import BlackBox
 from models.loading import build_prior
 from utils.compute import CountingNet, CountingOperator, Counts, Stopwatch
 from utils.io import atomic_write_csv, atomic_write_json, atomic_write_text
@@ -84,11 +85,13 @@ def build(config: DictConfig, device: torch.device):
     if config.compile:
         net = torch.compile(net)
     counts = Counts()
+    # black_box: the algorithm sees forward and misfit only (a derivative request raises).
+    seen_op = BlackBox(forward_op) if config.get("black_box", False) else forward_op
     try:
         algo = instantiate(
             config.algorithm.method,
             net=CountingNet(net, counts),
-            forward_op=CountingOperator(forward_op, counts),
+            forward_op=CountingOperator(seen_op, counts),
         )
     except InstantiationException as err:
         if isinstance(err.__cause__, ValueError):  # the algorithm's own message (capabilities...)
@@ -106,7 +109,9 @@ def solve_batch(config, forward_op, testset, algo, counts, indices, device):
     rng = BatchRNG.for_items(config.seed, ids, ALGORITHM, device)
     counts.reset()
     with Stopwatch(device) as watch:
-        recon = algo.inference(observation, num_samples=config.num_samples, rng=rng)
+        # oracle starts (data-fit baselines from a smoothed truth) get the normalized target
+        extra = {"target": data["target"].to(device)} if getattr(algo, "uses_target", False) else {}
+        recon = algo.inference(observation, num_samples=config.num_samples, rng=rng, **extra)
     n, b = config.num_samples, len(ids)
     if recon.shape[0] != b * n:
         raise RuntimeError(

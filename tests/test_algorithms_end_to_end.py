@@ -63,6 +63,8 @@ TINY = {
         f"{M}.batch_size=2",
     ],
     "uncond": [f"{M}.diffusion_scheduler_config.num_steps=4"],
+    "adam": [f"{M}.num_steps=5", f"{M}.init=constant", f"{M}.bounds=null", f"{M}.lr=0.1"],
+    "lbfgs": [f"{M}.num_steps=2", f"{M}.init=constant", f"{M}.bounds=null"],
 }
 
 
