@@ -26,6 +26,7 @@ RUN_ONLY_KEYS = (
     "inference",
     "wandb",
     "compile",
+    "black_box",
     "tf32",
     "progress",
     "allow_pickle",
