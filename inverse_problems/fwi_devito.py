@@ -165,7 +165,12 @@ class ShotSolver:
         extent = ((nxp - 1) * dx, (nzp - 1) * dz)
         self.grid = grid = dv.Grid(shape=(nxp, nzp), extent=extent, origin=origin, dtype=np.float32)
         so = s.space_order
-        self.m = dv.Function(name="m", grid=grid, space_order=so)
+        # The leapfrog update u+ = c1 u + c2 u- + c3 (Laplace(u) + q), with per-cell coefficients
+        # set from the model in numpy (no division per point and step in the kernels):
+        # c1 = 2 / a, c2 = -(1 - eta dt / 2) / a, c3 = dt^2 v^2 / a, a = 1 + eta dt / 2.
+        self.c1 = dv.Function(name="c1", grid=grid, space_order=0)
+        self.c2 = dv.Function(name="c2", grid=grid, space_order=0)
+        self.c3 = dv.Function(name="c3", grid=grid, space_order=so)  # read at sources too
         self.eta = dv.Function(name="eta", grid=grid, space_order=0)
         self.wavelet = s.ricker()
         # Time levels are offset by one: level 0 is the zero state before the start, level n + 1
@@ -176,7 +181,11 @@ class ShotSolver:
         self.rec = dv.SparseTimeFunction(name="rec", grid=grid, npoint=nrec, nt=nt)
         self.rec.coordinates.data[:] = np.asarray(s.receivers, np.float32)
         self.src.data[1 : s.nt + 1, 0] = self.wavelet
-        self.eta.data[:] = s.damping()
+        eta = s.damping()
+        self.eta.data[:] = eta
+        self._a = 1.0 + 0.5 * s.dt * eta.astype(np.float64)
+        self.c1.data[:] = 2.0 / self._a
+        self.c2.data[:] = -(2.0 - self._a) / self._a
         self._ops = {}
         self._fields = {}
         self._dv = dv
@@ -207,12 +216,11 @@ class ShotSolver:
     def _forward_op(self, save: bool):
         key = ("forward", save)
         if key not in self._ops:
-            dv, m, eta = self._dv, self.m, self.eta
+            dv, c1, c2, c3 = self._dv, self.c1, self.c2, self.c3
             u = self._wavefield("u", save)
-            dt = self.grid.stepping_dim.spacing
-            pde = m * u.dt2 - u.laplace + m * eta * u.dt
-            eqs = [dv.Eq(u.forward, dv.solve(pde, u.forward))]
-            eqs += self.src.inject(field=u.forward, expr=self.src * dt**2 / m)
+            # m u_tt + m eta u_t - Laplace(u) = q by leapfrog, solved for u.forward
+            eqs = [dv.Eq(u.forward, c1 * u + c2 * u.backward + c3 * u.laplace)]
+            eqs += self.src.inject(field=u.forward, expr=self.src * c3)
             eqs += self._free_surface(u, forward=True)
             eqs += self.rec.interpolate(expr=u)
             self._ops[key] = dv.Operator(eqs, name=f"fwd{int(save)}")
@@ -220,7 +228,7 @@ class ShotSolver:
 
     def _adjoint_op(self):
         if "adjoint" not in self._ops:
-            dv, m, eta = self._dv, self.m, self.eta
+            dv, c1, c2, c3, eta = self._dv, self.c1, self.c2, self.c3, self.eta
             u = self._wavefield("u", True)
             v = self._wavefield("v", False)
             self.grad = dv.Function(name="grad", grid=self.grid)
@@ -231,10 +239,9 @@ class ShotSolver:
                 nt=self.survey.nt + 2,
             )
             self.resid.coordinates.data[:] = np.asarray(self.survey.receivers, np.float32)
-            dt = self.grid.stepping_dim.spacing
-            pde = m * v.dt2 - v.laplace - m * eta * v.dt
-            eqs = [dv.Eq(v.backward, dv.solve(pde, v.backward))]
-            eqs += self.resid.inject(field=v.backward, expr=self.resid * dt**2 / m)
+            # m v_tt - m eta v_t - Laplace(v) = P^T r backward in time: the same coefficients
+            eqs = [dv.Eq(v.backward, c1 * v + c2 * v.forward + c3 * v.laplace)]
+            eqs += self.resid.inject(field=v.backward, expr=self.resid * c3)
             eqs += self._free_surface(v, forward=False)
             # dJ/dm = sum_n lambda^n (D_tt u + eta D_t u)^n with lambda = -v, summed by parts
             eqs += [dv.Inc(self.grad, -u * (v.dt2 - eta * v.dt))]
@@ -250,7 +257,7 @@ class ShotSolver:
         if not np.all(np.isfinite(vp)) or vp.min() <= 0:
             raise ValueError("velocity model must be finite and positive (km/s)")
         vpad = s.pad(vp)
-        self.m.data[:] = 1.0 / vpad**2
+        self.c3.data[:] = s.dt**2 * vpad.astype(np.float64) ** 2 / self._a
 
     def _run_forward(self, shot: int, save: bool) -> np.ndarray:
         s = self.survey
