@@ -72,7 +72,7 @@ def test_taylor_remainders_halve_and_quarter():
     first = np.log2(np.array(r1[:-1]) / np.array(r1[1:]))
     second = np.log2(np.array(r2[:-1]) / np.array(r2[1:]))
     assert np.all(np.abs(first - 1) < 0.15), (r1, first)
-    assert np.all(second > 1.8), (r2, second)
+    assert np.all(second > 1.9), (r2, second)  # measured 3.91-4.01 (log2: 1.97-2.00)
 
 
 def gaussian_blur_start(x: torch.Tensor) -> torch.Tensor:
@@ -98,7 +98,8 @@ def analytic_trace(r: float, c: float, wavelet_fn, t: np.ndarray) -> np.ndarray:
 def test_homogeneous_arrivals_match_the_2d_greens_function():
     """Homogeneous 2 km/s, no free surface, source and receivers on one depth: each trace has
     the shape of the analytic 2-D response and arrives at distance / velocity. The timing error
-    (cross-correlation lag with sub-sample refinement) is below 0.5 ms at 150-550 m offsets."""
+    (cross-correlation lag with sub-sample refinement) is 0.02-0.06 ms at 150-550 m offsets
+    (numerical dispersion, growing with distance); correlation with the analytic trace >= 0.9992."""
     c, f0 = 2.0, 0.015
     op = AcousticWave(
         shape=(81, 41),
@@ -136,8 +137,8 @@ def test_homogeneous_arrivals_match_the_2d_greens_function():
         lag = (j - (len(ref) - 1)) + 0.5 * (y0 - y2) / (y0 - 2 * y1 + y2)
         errors.append(abs(lag * op.survey.dt))
         shapes.append(float(np.dot(num, ref) / np.linalg.norm(num) / np.linalg.norm(ref)))
-    assert max(errors) < 0.5, errors
-    assert min(shapes) > 0.98, shapes
+    assert max(errors) < 0.1, errors
+    assert min(shapes) > 0.998, shapes
 
 
 def test_batch_equals_single_calls():
@@ -218,3 +219,31 @@ def test_evaluator_metrics():
     assert off["psnr"] == pytest.approx(20.0, abs=0.5)
     assert off["relative_l2"] == pytest.approx(0.3 / float(truth.square().mean().sqrt()), rel=1e-6)
     assert off["data_misfit"] > 1.0
+
+
+def test_fwi_small_end_to_end(config_factory):
+    """fwi-small through main.py (in-process shots): Adam from the blurred truth lowers the
+    relative L2 of its start; DPS with the shipped prior runs on the adjoint-state gradient."""
+    from algo.adam import gaussian_smooth
+    from main import run
+    from training.dataset import LMDBData
+
+    common = ["problem=fwi-small", "pretrain=fwi-small", "problem.model.n_workers=0"]
+    common += ["problem.data.id_list=2-2", "batch_size=1"]
+    cfg = config_factory(
+        [*common, "algorithm=adam", "algorithm.method.init_sigma=10"]
+        + ["algorithm.method.num_steps=15", "algorithm.method.lr=0.03"]
+    )
+    summary = run(cfg)
+    data = LMDBData("data/fwi-small/test", 64, 70, mean=3000.0, std=500.0, id_list=[2])
+    v = data[0]["target"].unsqueeze(0) + 3.0
+    start = gaussian_smooth(v, 10.0)
+    start_l2 = float((start - v).norm() / v.norm())
+    assert summary["relative_l2"] < 0.9 * start_l2, (summary["relative_l2"], start_l2)
+    assert summary["op_gradient"] == 15
+    cfg = config_factory(
+        [*common, "algorithm=dps", "algorithm.method.diffusion_scheduler_config.num_steps=5"]
+        + ["algorithm.method.guidance_scale=0.1"]
+    )
+    summary = run(cfg)
+    assert np.isfinite(summary["relative_l2"]) and summary["op_gradient"] == 5
