@@ -230,10 +230,8 @@ def test_fwi_small_end_to_end(config_factory):
 
     common = ["problem=fwi-small", "pretrain=fwi-small", "problem.model.n_workers=0"]
     common += ["problem.data.id_list=2-2", "batch_size=1"]
-    cfg = config_factory(
-        [*common, "algorithm=adam", "algorithm.method.init_sigma=10"]
-        + ["algorithm.method.num_steps=15", "algorithm.method.lr=0.03"]
-    )
+    adam = ["algorithm=adam", "algorithm.method.init_sigma=10", "algorithm.method.num_steps=15"]
+    cfg = config_factory([*common, *adam, "algorithm.method.lr=0.03"])
     summary = run(cfg)
     data = LMDBData("data/fwi-small/test", 64, 70, mean=3000.0, std=500.0, id_list=[2])
     v = data[0]["target"].unsqueeze(0) + 3.0
@@ -241,9 +239,7 @@ def test_fwi_small_end_to_end(config_factory):
     start_l2 = float((start - v).norm() / v.norm())
     assert summary["relative_l2"] < 0.9 * start_l2, (summary["relative_l2"], start_l2)
     assert summary["op_gradient"] == 15
-    cfg = config_factory(
-        [*common, "algorithm=dps", "algorithm.method.diffusion_scheduler_config.num_steps=5"]
-        + ["algorithm.method.guidance_scale=0.1"]
-    )
+    dps = ["algorithm=dps", "algorithm.method.diffusion_scheduler_config.num_steps=5"]
+    cfg = config_factory([*common, *dps, "algorithm.method.guidance_scale=0.1"])
     summary = run(cfg)
     assert np.isfinite(summary["relative_l2"]) and summary["op_gradient"] == 5
