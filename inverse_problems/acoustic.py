@@ -20,8 +20,10 @@ garbage-collected, and at interpreter exit.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import sys
 import weakref
 
 import numpy as np
@@ -29,6 +31,28 @@ import torch
 
 from inverse_problems.base import BaseOperator, Observation, rows_per_item
 from inverse_problems.fwi_devito import Survey, forward_task, gradient_task
+
+
+@contextlib.contextmanager
+def _main_module_hidden():
+    """Start worker processes without re-running the ``__main__`` script in them.
+
+    Dask's nannies start workers with multiprocessing's spawn, which imports the parent's main
+    script in every child (``main.py``: torch, hydra, the whole harness -- about 0.4 GB and
+    seconds per worker) although the wave-equation tasks need numpy and Devito only. Hiding the
+    script's path while the cluster starts makes spawn skip it.
+    """
+    main = sys.modules.get("__main__")
+    if main is None:
+        yield
+        return
+    saved = {k: main.__dict__.pop(k) for k in ("__file__", "__spec__") if k in main.__dict__}
+    if "__spec__" in saved:
+        main.__spec__ = None
+    try:
+        yield
+    finally:
+        main.__dict__.update(saved)
 
 
 def _shutdown(client, cluster) -> None:
@@ -105,14 +129,15 @@ class AcousticWave(BaseOperator):
                 client = Client(self.scheduler_address)
             else:
                 workers = self.n_workers or min(self.survey.nshots, os.cpu_count() or 1)
-                cluster = LocalCluster(
-                    n_workers=int(workers),
-                    threads_per_worker=1,
-                    processes=True,
-                    dashboard_address=None,
-                    silence_logs=logging.ERROR,
-                    env={"OMP_NUM_THREADS": "1", "DEVITO_LOGGING": "ERROR"},
-                )
+                with _main_module_hidden():
+                    cluster = LocalCluster(
+                        n_workers=int(workers),
+                        threads_per_worker=1,
+                        processes=True,
+                        dashboard_address=None,
+                        silence_logs=logging.ERROR,
+                        env={"OMP_NUM_THREADS": "1", "DEVITO_LOGGING": "ERROR"},
+                    )
                 client = Client(cluster)
             self._client = client
             self._finalizer = weakref.finalize(self, _shutdown, client, cluster)
