@@ -263,7 +263,12 @@ class ShotSolver:
         s = self.survey
         op = self._forward_op(save)
         u = self._wavefield("u", save)
-        u.data[:] = 0.0
+        # the scheme reads levels 0 and 1 first and overwrites every later level's interior (its
+        # halo is never written), so a saved wavefield needs only those two cleared
+        if save:
+            u.data_with_halo[:2] = 0.0
+        else:
+            u.data_with_halo[:] = 0.0
         self.rec.data[:] = 0.0
         self.src.coordinates.data[0] = np.asarray(s.sources[shot], np.float32)
         op.apply(time_m=1, time_M=s.nt, dt=s.dt)
