@@ -207,7 +207,7 @@ class AcousticWave(BaseOperator):
             grad_v[j // len(groups)] += g
         # loss = 2 * misfit; dv/dx = unnorm_scale; (R, nx, nz) -> (R, 1, nz, nx)
         grad = torch.from_numpy(2.0 * self.unnorm_scale * grad_v).transpose(1, 2).unsqueeze(1)
-        grad = grad.to(device=x.device, dtype=x.dtype)
+        grad = grad.to(device=x.device, dtype=x.dtype).contiguous()
         loss = torch.from_numpy(2.0 * misfit).to(x.device)
         return (grad, loss) if return_loss else grad
 

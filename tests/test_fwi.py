@@ -61,6 +61,7 @@ def test_taylor_remainders_halve_and_quarter():
     x = gaussian_blur_start(truth)
     d = smooth_direction(nz, nx)
     grad, loss = op.gradient(x, obs, return_loss=True)
+    assert grad.is_contiguous() and grad.shape == x.shape  # optimizers view it flat
     assert torch.allclose(loss.float(), op.loss(x, obs), rtol=1e-5)
     slope = float((grad * d).sum())
     hs = [0.08 / 2**k for k in range(4)]
