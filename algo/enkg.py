@@ -7,7 +7,7 @@ point i >= 1, before the ODE step, ``num_updates`` ensemble Kalman corrections a
 
     x0_j   = ODE(x_j; sigma_i -> sigma_min)   in n_i = min(1 + (N - i) // factor, 20) Euler steps
     g_j    = G(x0_j)                           (forward model, a black box)
-    e_j    = dL/dg (g_j) / 2 = g_j - y         (measurement space only; ``gradient_m``)
+    e_j    = dL/dg (g_j) / 2 = g_j - y         (autograd through the misfit ``loss_m`` only)
     C_jk   = <e_j, g_k - mean(g)> / J          (J x J)
     x_j   <- x_j - eta_i * sum_k C_jk (x_k - mean(x)),   eta_i = guidance_scale * l_i / ||C||_F
 
@@ -43,6 +43,15 @@ def karras_sigmas(sigma_max: float, sigma_min: float, n: int, rho: float = 7.0) 
         return [sigma_max]
     hi, lo = sigma_max ** (1 / rho), sigma_min ** (1 / rho)
     return [(hi + k / n * (lo - hi)) ** rho for k in range(n + 1)]
+
+
+def misfit_gradient(forward_op, g: torch.Tensor, observation) -> torch.Tensor:
+    """d loss_m / d g per row, by autograd through the misfit alone: the operator is asked for no
+    derivative (the reference calls its ``gradient_m``, the same computation)."""
+    with torch.enable_grad():
+        m = g.detach().requires_grad_(True)
+        (grad,) = torch.autograd.grad(forward_op.loss_m(m, observation).sum(), m)
+    return grad
 
 
 def ode_euler(net, x: torch.Tensor, sigmas) -> torch.Tensor:
@@ -105,7 +114,7 @@ class EnKG(Algo):
             observation,
             self.batch_size,
         )
-        err = 0.5 * self.forward_op.gradient_m(g, observation)
+        err = 0.5 * misfit_gradient(self.forward_op, g, observation)
         # Real view of the measurements (complex ones count real and imaginary parts).
         gm = group_rows(torch.view_as_real(g) if g.is_complex() else g, B).flatten(2)
         em = group_rows(torch.view_as_real(err) if err.is_complex() else err, B).flatten(2)
