@@ -10,6 +10,12 @@ free surface at z = 0); measurements (R, nshots, nt, nreceivers) float32, noise-
 Gradient: adjoint state, not autograd, for any batch of models (rows). ``loss`` is the harness's
 ||A(x) - y||^2 (twice the reference's 1/2-scaled misfit).
 
+``velocity_bounds`` [lo, hi] (km/s) makes the map A(clamp(v, lo, hi)): samplers' intermediate
+estimates can leave the physical range (a velocity <= 0, or one past the time step's stability
+limit, which would blow the simulation up), and the clamp keeps every call valid; the gradient is
+zero where the clamp acts. Without bounds such models raise a ValueError (the reference raises
+on the NaNs they produce).
+
 Parallelism: every (model, shots) task runs on a Dask cluster -- a ``LocalCluster`` of
 ``n_workers`` single-threaded processes by default, an existing cluster when ``scheduler_address``
 is set (its workers must be able to import this package), or in this process when
@@ -83,6 +89,7 @@ class AcousticWave(BaseOperator):
         scheduler_address: str | None = None,
         n_workers: int | None = None,
         shots_per_task: int = 1,
+        velocity_bounds=None,
         sigma_noise: float = 0.0,
         unnorm_shift: float = 3.0,
         unnorm_scale: float = 1.0,
@@ -114,6 +121,15 @@ class AcousticWave(BaseOperator):
         self.scheduler_address = scheduler_address
         self.n_workers = n_workers
         self.shots_per_task = max(1, int(shots_per_task))
+        self.velocity_bounds = None
+        if velocity_bounds is not None:
+            lo, hi = (float(b) for b in velocity_bounds)
+            if not 0 < lo < hi <= self.max_velocity:
+                raise ValueError(
+                    f"velocity_bounds {velocity_bounds} must satisfy 0 < lo < hi <= "
+                    f"{self.max_velocity:.2f} km/s (the stability limit of this grid and dt)"
+                )
+            self.velocity_bounds = (lo, hi)
         self._client = None
         self._finalizer = None
 
@@ -163,12 +179,19 @@ class AcousticWave(BaseOperator):
         return [tuple(shots[i : i + k]) for i in range(0, len(shots), k)]
 
     # -- physics ---------------------------------------------------------------------------------
-    def velocity(self, x: torch.Tensor) -> np.ndarray:
-        """Physical models (R, nx, nz) in km/s from normalized x (R, 1, nz, nx), validated."""
+    def velocity(self, x: torch.Tensor, inside: bool = False):
+        """Physical models (R, nx, nz) in km/s from normalized x (R, 1, nz, nx), clamped to
+        ``velocity_bounds`` when set, validated; with ``inside`` also the mask of the cells the
+        clamp left alone (the derivative of the clamp)."""
         nx, nz = self.survey.shape
         if x.dim() != 4 or tuple(x.shape[1:]) != (1, nz, nx):
             raise ValueError(f"x has shape {tuple(x.shape)}, expected (R, 1, {nz}, {nx})")
         v = self.unnormalize(x.detach()).to("cpu", torch.float64)[:, 0].transpose(1, 2).numpy()
+        mask = None
+        if self.velocity_bounds is not None:
+            lo, hi = self.velocity_bounds
+            mask = (v >= lo) & (v <= hi)
+            v = np.clip(v, lo, hi)
         bad = ~np.isfinite(v).all(axis=(1, 2)) | (v.min(axis=(1, 2)) <= 0)
         if bad.any():
             raise ValueError(
@@ -178,9 +201,11 @@ class AcousticWave(BaseOperator):
         if vmax > self.max_velocity:
             raise ValueError(
                 f"velocity {vmax:.2f} km/s exceeds the stability limit {self.max_velocity:.2f} "
-                f"km/s of dt = {self.survey.dt} ms on this grid; reduce dt or bound the model"
+                f"km/s of dt = {self.survey.dt} ms on this grid; reduce dt or set "
+                "velocity_bounds"
             )
-        return np.ascontiguousarray(v, dtype=np.float32)
+        v = np.ascontiguousarray(v, dtype=np.float32)
+        return (v, mask) if inside else v
 
     def forward(self, x: torch.Tensor, **physics) -> torch.Tensor:
         """Traces (R, nshots, nt, nreceivers), float32."""
@@ -193,7 +218,7 @@ class AcousticWave(BaseOperator):
 
     def gradient(self, x: torch.Tensor, observation: Observation, return_loss: bool = False):
         """d loss / d x per row by the adjoint-state method; loss = ||A(x) - y||^2 per row."""
-        vp = self.velocity(x)
+        vp, inside = self.velocity(x, inside=True)
         rows = vp.shape[0]
         n = rows_per_item(x, observation.batch)
         observed = observation.y.detach().to("cpu", torch.float32).numpy()
@@ -205,6 +230,8 @@ class AcousticWave(BaseOperator):
         for j, (f, g) in enumerate(parts):
             misfit[j // len(groups)] += f
             grad_v[j // len(groups)] += g
+        if inside is not None:  # the clamp's derivative
+            grad_v *= inside
         # loss = 2 * misfit; dv/dx = unnorm_scale; (R, nx, nz) -> (R, 1, nz, nx)
         grad = torch.from_numpy(2.0 * self.unnorm_scale * grad_v).transpose(1, 2).unsqueeze(1)
         grad = grad.to(device=x.device, dtype=x.dtype).contiguous()
