@@ -61,6 +61,19 @@ def _main_module_hidden():
         main.__dict__.update(saved)
 
 
+_EXECUTOR = None
+
+
+def _devito_thread():
+    """The one thread that runs Devito kernels in this process (see ``AcousticWave._run``)."""
+    global _EXECUTOR
+    if _EXECUTOR is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _EXECUTOR = ThreadPoolExecutor(max_workers=1, thread_name_prefix="devito")
+    return _EXECUTOR
+
+
 def _shutdown(client, cluster) -> None:
     try:
         client.close()
@@ -166,10 +179,15 @@ class AcousticWave(BaseOperator):
         self._client = self._finalizer = None
 
     def _run(self, fn, jobs):
-        """``fn(survey, *job)`` for every job, on the cluster or here; results in order."""
+        """``fn(survey, *job)`` for every job, on the cluster or here; results in order.
+
+        Here means a dedicated thread: Devito's kernels switch the calling thread's CPU to
+        flush-to-zero / denormals-are-zero and never switch it back, which would silently change
+        every later float computation of the caller's thread (numpy, torch)."""
         client = self.client
         if client is None:
-            return [fn(self.survey, *job) for job in jobs]
+            survey = self.survey
+            return list(_devito_thread().map(lambda job: fn(survey, *job), jobs))
         futures = [client.submit(fn, self.survey, *job, pure=False) for job in jobs]
         return client.gather(futures)
 

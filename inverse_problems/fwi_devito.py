@@ -16,15 +16,17 @@ driven by the residual injected at the receivers, and dJ/dm = -sum_n u^n (D_tt v
 time-summation-by-parts form of -sum_n v^n (D_tt u)^n for the leapfrog scheme; the chain rule to
 velocity is dJ/dv = -2 / v^3 dJ/dm.
 
-Operators are built and JIT-compiled once per process and survey (``solver_for``) and reused for
-every model and shot: only the model, the source and receiver positions and the data change
-between calls. Compiled kernels live in ``jit_cache_dir`` (a per-user folder).
+Operators are built and JIT-compiled once per survey (``solver_for``) and reused for every model
+and shot: only the model, the source position and the data change between calls. Compiled
+kernels and the built solvers live in ``jit_cache_dir`` (a per-user folder).
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
+import pickle
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -190,7 +192,23 @@ class ShotSolver:
         self._fields = {}
         self._dv = dv
 
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state.pop("_dv", None)  # a module: re-imported (and configured) on load
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._dv = _configure_devito()
+
     # -- building --------------------------------------------------------------------------------
+    def build(self) -> ShotSolver:
+        """Lower all three operators now (they are otherwise built on first use)."""
+        self._forward_op(False)
+        self._forward_op(True)
+        self._adjoint_op()
+        return self
+
     def _free_surface(self, field, forward: bool):
         """u = 0 on z = 0 and odd images above it, for the time level just computed."""
         dv = self._dv
@@ -305,11 +323,46 @@ class ShotSolver:
 _SOLVERS: dict[Survey, ShotSolver] = {}
 
 
+def _solver_file(survey: Survey) -> Path:
+    """Where the built solver for ``survey`` is kept: keyed by the survey, Devito's version and
+    this module's source, so a change to any of them builds afresh."""
+    import devito
+
+    key = hashlib.sha256()
+    key.update(repr(survey).encode())
+    key.update(devito.__version__.encode())
+    key.update(Path(__file__).read_bytes())
+    return jit_cache_dir() / "solvers" / f"{key.hexdigest()[:32]}.pkl"
+
+
 def solver_for(survey: Survey) -> ShotSolver:
-    """This process's solver for ``survey`` (built on first use; kernels compile once)."""
-    if survey not in _SOLVERS:
-        _SOLVERS[survey] = ShotSolver(survey)
-    return _SOLVERS[survey]
+    """This process's solver for ``survey``.
+
+    Lowering Devito's three operators takes seconds each (sympy), in every process that needs
+    them; so a built solver (operators and small coefficient fields, no wavefields) is pickled
+    next to the compiled kernels and later processes -- every Dask worker, every run -- load it
+    in well under a second. An unreadable file is rebuilt and replaced (written atomically).
+    """
+    if survey in _SOLVERS:
+        return _SOLVERS[survey]
+    path = _solver_file(survey)
+    solver = None
+    if path.is_file():
+        try:
+            with open(path, "rb") as f:
+                solver = pickle.load(f)
+        except Exception:  # a partial or incompatible file: build afresh below
+            solver = None
+    if solver is None:
+        solver = ShotSolver(survey)
+        solver.build()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        with open(tmp, "wb") as f:
+            pickle.dump(solver, f)
+        os.replace(tmp, path)
+    _SOLVERS[survey] = solver
+    return solver
 
 
 def forward_task(survey: Survey, vp: np.ndarray, shots) -> np.ndarray:

@@ -159,6 +159,15 @@ def test_batch_equals_single_calls():
     assert loss[0] == 0 and loss[2] == 0 and loss[1] > 0
 
 
+def test_in_process_solves_leave_the_callers_float_mode_alone():
+    """Devito's kernels set flush-to-zero in their thread; the caller's denormals survive."""
+    op = AcousticWave(**TINY)
+    nx, nz = op.survey.shape
+    op.forward(torch.zeros(1, 1, nz, nx))
+    tiny = np.float32(1e-38) * np.float32(0.01)  # a denormal float32
+    assert tiny != 0 and torch.tensor(1e-38) * 0.01 != 0
+
+
 def test_dask_cluster_matches_in_process_and_is_gone_after_close():
     op = AcousticWave(**{**TINY, "n_workers": 2})
     nx, nz = op.survey.shape
