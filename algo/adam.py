@@ -54,9 +54,44 @@ def initial_model(init, shape, batch, target=None, sigma=20.0, value=0.0, device
     raise ValueError(f"unknown init {init!r}; choose one of {INITS}")
 
 
-class AdamL2(Algo):
+class DataFitBaseline(Algo):
+    """What the prior-free data-fit baselines (``adam``, ``lbfgs``) share: the start (smoothed
+    truth or a constant) and the optional box ``bounds`` applied after each step."""
+
     requires = frozenset({"gradient"})
 
+    def __init__(self, net, forward_op, init, init_sigma, init_value, bounds):
+        super().__init__(net, forward_op)
+        if init not in INITS:
+            raise ValueError(f"unknown init {init!r}; choose one of {INITS}")
+        self.init, self.init_sigma, self.init_value = init, float(init_sigma), float(init_value)
+        self.bounds = None if bounds is None else (float(bounds[0]), float(bounds[1]))
+
+    @property
+    def uses_target(self) -> bool:
+        """True when the start is the (smoothed) truth, which main.py must then pass in."""
+        return self.init == "blurred_target"
+
+    def start(self, observation, target=None) -> torch.Tensor:
+        """The initial models, (B, *shape)."""
+        return initial_model(
+            self.init,
+            self.shape,
+            observation.batch,
+            target,
+            self.init_sigma,
+            self.init_value,
+            observation.y.device,
+        )
+
+    def project_(self, x: torch.Tensor) -> None:
+        """Clamp x to ``bounds`` in place (no-op without bounds)."""
+        if self.bounds is not None:
+            with torch.no_grad():
+                x.clamp_(*self.bounds)
+
+
+class AdamL2(DataFitBaseline):
     def __init__(
         self,
         net,
@@ -71,39 +106,18 @@ class AdamL2(Algo):
         init_value: float = 0.0,
         bounds=None,
     ):
-        super().__init__(net, forward_op)
-        if init not in INITS:
-            raise ValueError(f"unknown init {init!r}; choose one of {INITS}")
+        super().__init__(net, forward_op, init, init_sigma, init_value, bounds)
         self.num_steps = int(num_steps)
         self.lr, self.weight_decay = float(lr), float(weight_decay)
         self.milestones, self.gamma = [int(m) for m in (milestones or [])], float(gamma)
-        self.init, self.init_sigma, self.init_value = init, float(init_sigma), float(init_value)
-        self.bounds = None if bounds is None else (float(bounds[0]), float(bounds[1]))
-
-    @property
-    def uses_target(self) -> bool:
-        """True when the start is the (smoothed) truth, which main.py must then pass in."""
-        return self.init == "blurred_target"
 
     def inference(self, observation, num_samples=1, rng=None, target=None):
-        device = observation.y.device
-        x = initial_model(
-            self.init,
-            self.shape,
-            observation.batch,
-            target,
-            self.init_sigma,
-            self.init_value,
-            device,
-        )
-        x = x.requires_grad_(True)
+        x = self.start(observation, target).requires_grad_(True)
         opt = torch.optim.AdamW([x], lr=self.lr, weight_decay=self.weight_decay)
         sched = torch.optim.lr_scheduler.MultiStepLR(opt, self.milestones, self.gamma)
         for _ in range(self.num_steps):
             x.grad = self.forward_op.gradient(x.detach(), observation).to(x.dtype)
             opt.step()
             sched.step()
-            if self.bounds is not None:
-                with torch.no_grad():
-                    x.clamp_(*self.bounds)
+            self.project_(x)
         return x.detach().repeat_interleave(num_samples, dim=0)

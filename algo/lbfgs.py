@@ -13,13 +13,10 @@ from __future__ import annotations
 
 import torch
 
-from algo.adam import INITS, initial_model
-from algo.base import Algo
+from algo.adam import DataFitBaseline
 
 
-class LBFGS(Algo):
-    requires = frozenset({"gradient"})
-
+class LBFGS(DataFitBaseline):
     def __init__(
         self,
         net,
@@ -34,18 +31,10 @@ class LBFGS(Algo):
         init_value: float = 0.0,
         bounds=None,
     ):
-        super().__init__(net, forward_op)
-        if init not in INITS:
-            raise ValueError(f"unknown init {init!r}; choose one of {INITS}")
+        super().__init__(net, forward_op, init, init_sigma, init_value, bounds)
         self.num_steps, self.lr, self.max_iter = int(num_steps), float(lr), int(max_iter)
         self.history_size = int(history_size)
         self.line_search_fn = line_search_fn
-        self.init, self.init_sigma, self.init_value = init, float(init_sigma), float(init_value)
-        self.bounds = None if bounds is None else (float(bounds[0]), float(bounds[1]))
-
-    @property
-    def uses_target(self) -> bool:
-        return self.init == "blurred_target"
 
     def _solve(self, x0, observation):
         x = x0.clone().requires_grad_(True)
@@ -64,21 +53,10 @@ class LBFGS(Algo):
 
         for _ in range(self.num_steps):
             opt.step(closure)
-            if self.bounds is not None:
-                with torch.no_grad():
-                    x.clamp_(*self.bounds)
+            self.project_(x)
         return x.detach()
 
     def inference(self, observation, num_samples=1, rng=None, target=None):
-        device = observation.y.device
-        x0 = initial_model(
-            self.init,
-            self.shape,
-            observation.batch,
-            target,
-            self.init_sigma,
-            self.init_value,
-            device,
-        )
+        x0 = self.start(observation, target)
         out = torch.cat([self._solve(x0[i : i + 1], observation.item(i)) for i in range(len(x0))])
         return out.repeat_interleave(num_samples, dim=0)
