@@ -6,7 +6,10 @@ navier-stokes problem's setting: 128², Re=200, T=1, forcing −4cos(4y), float3
 
 Fixed Δt = 2e-3 (500 steps) and adaptive CFL steps, batch 1, 8 and 32 (``--quick``: 64², batch
 1 and 4, T=0.25). Times are medians over repeats after one warm-up; "steps" is the mean number
-of steps per element in adaptive mode. Shared machines are noisy: compare numbers from one run.
+of steps per element of the batch in adaptive mode (elements leave the batch when they reach T).
+Both forms of the advection term are timed (``--advection``): ``basdevant`` (the default, 4 FFTs per
+evaluation) and the reference's ``flux`` (5); the last column is their time ratio. Shared
+machines are noisy: compare numbers from one run.
 """
 
 from __future__ import annotations
@@ -27,23 +30,21 @@ def timed(fn, device, repeats):
     return median_time(fn, repeats, device)
 
 
-def mean_adaptive_steps(solver, w0, f, T):
-    """Steps each element takes alone (per-element Δt), averaged: solves one at a time."""
+def element_steps(solver, w0, f, T):
+    """Steps per element of one adaptive batch solve (finished elements leave the batch)."""
     counts = []
-    for b in range(w0.shape[0]):
-        n = 0
-        orig = solver._step
+    original = solver._step
 
-        def counting(*args, _orig=orig):
-            nonlocal n
-            n += 1
-            return _orig(*args)
+    def counting(w_h, *args):
+        counts.append(w_h.shape[0])
+        return original(w_h, *args)
 
-        solver._step = counting
-        solver.solve(w0[b : b + 1], f, T, check_every=1)
-        solver._step = orig
-        counts.append(n)
-    return sum(counts) / len(counts)
+    solver._step = counting
+    try:
+        solver.solve(w0, f, T)
+    finally:
+        solver._step = original
+    return sum(counts) / w0.shape[0]
 
 
 def main():
@@ -52,30 +53,43 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument(
+        "--advection", default="basdevant,flux", help="forms to time, comma-separated"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     s, T, batches = (64, 0.25, [1, 4]) if args.quick else (128, 1.0, [1, 8, 32])
     dtype = torch.float32
-    solver = NavierStokes2d(s, s, Re=200.0, device=device, dtype=dtype)
+    forms = args.advection.split(",")
+    solvers = {
+        a: NavierStokes2d(s, s, Re=200.0, device=device, dtype=dtype, advection=a) for a in forms
+    }
     f = kolmogorov_forcing(s, device=device, dtype=dtype)
     g = torch.Generator().manual_seed(0)
     w_all = 10 * smooth_random_field(max(batches), s, std=0.3, generator=g, dtype=dtype)
     w_all = w_all.to(device)
     print(f"torch {torch.__version__}, {device}, threads {torch.get_num_threads()}, {s}², T={T}")
-    print(f"{'mode':>9} {'batch':>5} {'s/call':>8} {'s/sample':>9} {'steps':>6}")
+    header = "".join(f" {a + ' s/call':>15} {a + ' s/sample':>17}" for a in forms)
+    ratio = f" {forms[-1] + '/' + forms[0]:>16}" if len(forms) > 1 else ""
+    print(f"{'mode':>9} {'batch':>5}{header} {'steps':>6}{ratio}")
     for adaptive in (False, True):
         for B in batches:
             w0 = w_all[:B]
+            times = {}
+            for a, solver in solvers.items():
 
-            def run(w0=w0, adaptive=adaptive):
-                return solver.solve(w0, f, T, delta_t=2e-3, adaptive=adaptive)
+                def run(w0=w0, adaptive=adaptive, solver=solver):
+                    return solver.solve(w0, f, T, delta_t=2e-3, adaptive=adaptive)
 
-            t = timed(run, device, args.repeats)
-            steps = mean_adaptive_steps(solver, w0, f, T) if adaptive else round(T / 2e-3)
+                times[a] = timed(run, device, args.repeats)
+            solver = solvers[forms[0]]
+            steps = element_steps(solver, w0, f, T) if adaptive else round(T / 2e-3)
             mode = "adaptive" if adaptive else "fixed"
-            print(f"{mode:>9} {B:>5} {t:>8.3f} {t / B:>9.3f} {steps:>6.0f}", flush=True)
+            cols = "".join(f" {t:>15.3f} {t / B:>17.3f}" for t in times.values())
+            r = f" {times[forms[-1]] / times[forms[0]]:>16.2f}" if len(forms) > 1 else ""
+            print(f"{mode:>9} {B:>5}{cols} {steps:>6.0f}{r}", flush=True)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ pseudo-spectral solver of ns_solver.py, then keep every ``downsample_factor``-th
 The benchmark treats the solver as a black box, so by default ``forward`` runs without autograd and
 the operator declares no ``gradient`` capability (derivative-free algorithms only, as in the
 reference). ``differentiable=true`` lets autograd run through the solver, so gradient-based methods
-can be compared on the same problem.
+can be compared on the same problem. ``advection`` picks the solver's form of the advection term:
+"basdevant" (default, 4 FFTs per evaluation) or the reference's "flux" (5); see ns_solver.py.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class ForwardNavierStokes2d(BaseOperator):
         delta_t: float = 1e-2,
         adaptive: bool = True,
         cfl: float = 0.5,
+        advection: str = "basdevant",
         differentiable: bool = False,
         sigma_noise: float = 0.0,
         unnorm_shift: float = 0.0,
@@ -55,7 +57,14 @@ class ForwardNavierStokes2d(BaseOperator):
         self.adaptive = bool(adaptive)
         self.cfl = float(cfl)
         self.solver = NavierStokes2d(
-            resolution, resolution, L, L, Re=Re, device=self.device, dtype=self.dtype
+            resolution,
+            resolution,
+            L,
+            L,
+            Re=Re,
+            device=self.device,
+            dtype=self.dtype,
+            advection=advection,
         )
         self.forcing = kolmogorov_forcing(resolution, L, device=self.device, dtype=self.dtype)
 

@@ -36,7 +36,7 @@ def test_taylor_green_decay():
     exact = w0 * math.exp(-lam * T)
     w = solver.solve(w0, None, T, delta_t=dt, adaptive=False)
     # The advection term vanishes to round-off, so the solver reproduces the Crank–Nicolson
-    # amplification ((1 − λΔt/2)/(1 + λΔt/2))^n exactly: measured 4e-16.
+    # amplification ((1 − λΔt/2)/(1 + λΔt/2))^n exactly: measured 1.6e-15.
     cn = w0 * ((1 - lam * dt / 2) / (1 + lam * dt / 2)) ** round(T / dt)
     assert rel(w, cn) < 1e-13
     # Against the exact decay, the error is CN's (λΔt)³/12 per step: measured 6.7e-13.
@@ -58,7 +58,7 @@ def test_kolmogorov_forcing_axis_and_spinup():
     assert rel(w[0], exact) < 1e-6  # measured 3.4e-8 (second-order CN time error)
     # The steady state amp·Re/k² cos(ky) stays put (adaptive mode, diffusion-limited Δt).
     w_ss = (amp * Re / k**2 * torch.cos(k * y))[None]
-    assert rel(solver.solve(w_ss, f, 1.0), w_ss) < 1e-12  # measured 1.7e-14
+    assert rel(solver.solve(w_ss, f, 1.0), w_ss) < 1e-12  # measured 6e-16
 
 
 def test_dealias_mask():
@@ -81,13 +81,57 @@ def test_dealias_mask():
     assert nonlin.abs().max() == 0
 
 
+def test_advection_forms_agree_without_aliasing():
+    """Basdevant's (∂x² − ∂y²)(uv) + ∂x∂y(v² − u²) equals the flux form ∂x(uw) + ∂y(vw) whenever
+    the grid products are exact: fields with |n_i| < s/4 have products below the Nyquist mode."""
+    s = 32
+    n1 = torch.fft.fftfreq(s, 1 / s)[:, None].abs()
+    n2 = torch.fft.rfftfreq(s, 1 / s)[None, :]
+    g = torch.Generator().manual_seed(7)
+    w_h = torch.randn(3, s, s // 2 + 1, generator=g, dtype=torch.complex128)
+    w_h = torch.fft.rfft2(torch.fft.irfft2(w_h * ((n1 < s / 4) & (n2 < s / 4)), s=(s, s)))
+    f_h = torch.fft.rfft2(kolmogorov_forcing(s))
+    flux = NavierStokes2d(s, s, advection="flux").nonlinear_term(w_h, f_h, speed=True)
+    basdevant = NavierStokes2d(s, s).nonlinear_term(w_h, f_h, speed=True)
+    assert rel(basdevant[0], flux[0]) < 1e-13  # measured 1.5e-19
+    torch.testing.assert_close(basdevant[1], flux[1], rtol=1e-13, atol=0)  # same max|u|²
+    with pytest.raises(ValueError, match="advection"):
+        NavierStokes2d(s, s, advection="upwind")
+
+
+def upsample(w, S):
+    """Spectral interpolation of (B, s, s) fields to S x S (Nyquist modes dropped)."""
+    s, w_h = w.shape[-1], torch.fft.rfft2(w)
+    out = torch.zeros(w.shape[0], S, S // 2 + 1, dtype=w_h.dtype)
+    out[:, : s // 2, : s // 2] = w_h[:, : s // 2, : s // 2]
+    out[:, -s // 2 + 1 :, : s // 2] = w_h[:, -s // 2 + 1 :, : s // 2]
+    return torch.fft.irfft2(out * (S / s) ** 2, s=(S, S))
+
+
+def test_advection_forms_differ_below_the_discretisation_error():
+    """Where products alias, the two forms differ, by less than the grid's own error: at 32² both
+    are equally far from the same flow solved on a 64² grid (itself 14x more accurate)."""
+    s = 32
+    g = torch.Generator().manual_seed(8)
+    w0 = upsample(10 * smooth_random_field(2, s, generator=g), s)
+    fine = NavierStokes2d(2 * s, 2 * s, Re=200.0, advection="flux")
+    truth = fine.solve(upsample(w0, 2 * s), kolmogorov_forcing(2 * s), 1.0)[:, ::2, ::2]
+    f = kolmogorov_forcing(s)
+    basdevant = NavierStokes2d(s, s, Re=200.0).solve(w0, f, 1.0)
+    flux = NavierStokes2d(s, s, Re=200.0, advection="flux").solve(w0, f, 1.0)
+    err_b, err_f = rel(basdevant, truth), rel(flux, truth)
+    # Measured: forms 0.114 apart; grid errors 0.243 (basdevant) and 0.252 (flux).
+    assert rel(basdevant, flux) < 0.5 * err_f
+    assert abs(err_b - err_f) < 0.1 * err_f
+
+
 def test_mean_vorticity_conserved():
     s = 32
     g = torch.Generator().manual_seed(1)
     w0 = 10 * smooth_random_field(2, s, generator=g) + torch.tensor([0.7, -1.3])[:, None, None]
     solver = NavierStokes2d(s, s, Re=200.0)
     w = solver.solve(w0, kolmogorov_forcing(s), 1.0)
-    # Measured drift 1e-16 (round-off of rfft2/irfft2).
+    # Measured drift 0 (at most round-off of rfft2/irfft2).
     torch.testing.assert_close(w.mean((-2, -1)), w0.mean((-2, -1)), rtol=0, atol=1e-12)
 
 
@@ -102,7 +146,59 @@ def test_batch_equals_individual(adaptive):
     batch = solver.solve(w0, f, 0.5, delta_t=5e-3, adaptive=adaptive, check_every=5)
     for b in range(3):
         alone = solver.solve(w0[b : b + 1], f, 0.5, delta_t=5e-3, adaptive=adaptive)
-        # Measured max difference 4e-15 (only batched-vs-single FFT round-off).
+        # Measured max difference 1.2e-14 (only batched-vs-single FFT round-off).
+        torch.testing.assert_close(batch[b : b + 1], alone, rtol=0, atol=1e-12)
+
+
+def test_adaptive_batch_costs_the_sum_of_its_elements_steps():
+    """Elements that reached T leave the batch at the next check: the batch's element-steps are
+    the sum of the elements' own step counts plus at most check_every − 1 idle steps each."""
+    s, k = 32, 5
+    g = torch.Generator().manual_seed(9)
+    w0 = 10 * smooth_random_field(3, s, generator=g)
+    w0[0] *= 0.2  # a slow flow: few, long steps
+    solver = NavierStokes2d(s, s, Re=200.0)
+    f = kolmogorov_forcing(s)
+    element_steps = []
+    original = solver._step
+
+    def counting(w_h, *args):
+        element_steps.append(w_h.shape[0])
+        return original(w_h, *args)
+
+    solver._step = counting
+    alone = []
+    for b in range(3):
+        element_steps.clear()
+        solver.solve(w0[b : b + 1], f, 0.5, check_every=1)
+        alone.append(sum(element_steps))
+    element_steps.clear()
+    solver.solve(w0, f, 0.5, check_every=k)
+    assert alone[0] < alone[1] / 2  # measured 33, 111, 135 steps; batch 285 element-steps
+    assert sum(alone) <= sum(element_steps) <= sum(alone) + 3 * (k - 1)
+    assert sum(element_steps) < 3 * max(alone)
+
+
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_batch_gradient_equals_individual(adaptive):
+    s = 16
+    g = torch.Generator().manual_seed(10)
+    w0 = 5 * smooth_random_field(3, s, generator=g)
+    w0[1] *= 0.2  # leaves the adaptive batch early
+    weight = torch.randn(3, s, s, generator=g, dtype=torch.float64)
+    solver = NavierStokes2d(s, s, Re=100.0)
+    f = kolmogorov_forcing(s)
+
+    def grad(w, weight):
+        w = w.clone().requires_grad_(True)
+        out = solver.solve(w, f, 0.1, delta_t=1e-2, adaptive=adaptive, check_every=2)
+        (out * weight).sum().backward()
+        return w.grad
+
+    batch = grad(w0, weight)
+    for b in range(3):
+        alone = grad(w0[b : b + 1], weight[b : b + 1])
+        # Measured max difference 9e-16 (gradients of size 3.3).
         torch.testing.assert_close(batch[b : b + 1], alone, rtol=0, atol=1e-12)
 
 
@@ -129,7 +225,7 @@ def test_float32_close_to_float64(adaptive):
     solver32 = NavierStokes2d(s, s, Re=200.0, dtype=torch.float32)
     w32 = solver32.solve(w0.float(), f.float(), 1.0, delta_t=2e-3, adaptive=adaptive)
     assert w32.dtype == torch.float32 and w32.shape == w0.shape
-    assert rel(w32.double(), w64) < 1e-4  # measured 1.8e-5 (fixed) / 6.4e-6 (adaptive)
+    assert rel(w32.double(), w64) < 1e-4  # measured 1.9e-5 (fixed) / 7.5e-6 (adaptive)
 
 
 def test_output_dtype_follows_input():
@@ -157,8 +253,8 @@ def test_gradient_matches_finite_difference(adaptive):
     (grad,) = torch.autograd.grad(loss(w), w)
     eps = 1e-5
     fd = (loss(w0 + eps * v) - loss(w0 - eps * v)) / (2 * eps)
-    # Fixed Δt: measured relative difference 7e-11 (central-difference error). Adaptive: the
-    # step size is detached, so the FD also sees Δt(w0) move; still agrees to 2e-6.
+    # Fixed Δt: measured relative difference 4e-11 (central-difference error). Adaptive: the
+    # step size is detached, so the FD also sees Δt(w0) move; still agrees to 4e-6.
     tol = 1e-7 if not adaptive else 1e-4
     assert abs((grad * v).sum().item() - fd.item()) < tol * abs(fd.item())
 
