@@ -202,6 +202,21 @@ def test_batch_gradient_equals_individual(adaptive):
         torch.testing.assert_close(batch[b : b + 1], alone, rtol=0, atol=1e-12)
 
 
+def test_chunked_inverse_transforms_change_nothing(monkeypatch):
+    """On CPU large inverse transforms are split into calls of _CPU_C2R_CHUNK_BYTES; splitting
+    (here into uneven calls of 3 fields) must not change the result."""
+    import inverse_problems.ns_solver as ns_solver
+
+    s = 16
+    w0 = 10 * smooth_random_field(5, s, generator=torch.Generator().manual_seed(11))
+    f = kolmogorov_forcing(s)
+    solver = NavierStokes2d(s, s, Re=200.0)
+    whole = solver.solve(w0, f, 0.2)
+    field_bytes = s * (s // 2 + 1) * 16  # complex128
+    monkeypatch.setattr(ns_solver, "_CPU_C2R_CHUNK_BYTES", 3 * field_bytes)
+    torch.testing.assert_close(solver.solve(w0, f, 0.2), whole, rtol=0, atol=1e-12)
+
+
 def test_fixed_vs_adaptive_agree():
     s = 64
     g = torch.Generator().manual_seed(3)
