@@ -5,11 +5,12 @@ navier-stokes problem's setting: 128², Re=200, T=1, forcing −4cos(4y), float3
     python benchmarks/bench_navier_stokes.py [--quick] [--repeats 3] [--device cpu] [--threads N]
 
 Fixed Δt = 2e-3 (500 steps) and adaptive CFL steps, batch 1, 8 and 32 (``--quick``: 64², batch
-1 and 4, T=0.25). Times are medians over repeats after one warm-up; "steps" is the mean number
-of steps per element of the batch in adaptive mode (elements leave the batch when they reach T).
-Both forms of the advection term are timed (``--advection``): ``basdevant`` (the default, 4 FFTs per
-evaluation) and the reference's ``flux`` (5); the last column is their time ratio. Shared
-machines are noisy: compare numbers from one run.
+1 and 4, T=0.25). Both forms of the advection term are timed (``--advection``): ``basdevant``
+(the default, 4 FFTs per evaluation) and the reference's ``flux`` (5), called in turn in each
+repeat after one warm-up. Times are medians over repeats; the last column is the median of the
+per-repeat time ratios; "steps" is the mean number of steps per element of the batch in adaptive
+mode (elements leave the batch when they reach T). Shared machines are noisy: compare numbers
+from one run.
 """
 
 from __future__ import annotations
@@ -17,17 +18,14 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from statistics import median
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.timing import median_time
+from benchmarks.timing import interleaved_times
 from inverse_problems.ns_solver import NavierStokes2d, kolmogorov_forcing, smooth_random_field
-
-
-def timed(fn, device, repeats):
-    return median_time(fn, repeats, device)
 
 
 def element_steps(solver, w0, f, T):
@@ -77,18 +75,20 @@ def main():
     for adaptive in (False, True):
         for B in batches:
             w0 = w_all[:B]
-            times = {}
-            for a, solver in solvers.items():
-
-                def run(w0=w0, adaptive=adaptive, solver=solver):
-                    return solver.solve(w0, f, T, delta_t=2e-3, adaptive=adaptive)
-
-                times[a] = timed(run, device, args.repeats)
-            solver = solvers[forms[0]]
-            steps = element_steps(solver, w0, f, T) if adaptive else round(T / 2e-3)
+            fns = {
+                a: (
+                    lambda w0=w0, adaptive=adaptive, solver=solver: solver.solve(
+                        w0, f, T, delta_t=2e-3, adaptive=adaptive
+                    )
+                )
+                for a, solver in solvers.items()
+            }
+            times = interleaved_times(fns, args.repeats, device)
+            steps = element_steps(solvers[forms[0]], w0, f, T) if adaptive else round(T / 2e-3)
             mode = "adaptive" if adaptive else "fixed"
-            cols = "".join(f" {t:>15.3f} {t / B:>17.3f}" for t in times.values())
-            r = f" {times[forms[-1]] / times[forms[0]]:>16.2f}" if len(forms) > 1 else ""
+            cols = "".join(f" {median(t):>15.3f} {median(t) / B:>17.3f}" for t in times.values())
+            rounds = zip(times[forms[-1]], times[forms[0]])
+            r = f" {median(a / b for a, b in rounds):>16.2f}" if len(forms) > 1 else ""
             print(f"{mode:>9} {B:>5}{cols} {steps:>6.0f}{r}", flush=True)
 
 
