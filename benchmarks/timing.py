@@ -11,17 +11,7 @@ import torch
 def median_time(fn, repeats: int, device: torch.device) -> float:
     """Median wall seconds of ``fn()`` over ``repeats`` calls after one warm-up call
     (synchronizing CUDA around each call)."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return statistics.median(interleaved_times({"fn": fn}, repeats, device)["fn"])
 
 
 def interleaved_times(fns: dict, repeats: int, device: torch.device) -> dict[str, list[float]]:
