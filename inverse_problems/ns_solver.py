@@ -117,7 +117,6 @@ class NavierStokes2d:
             return t.to(device=self.device, dtype=cdtype)
 
         self.mask = mask.to(device=self.device, dtype=dtype)
-        self.lap = lap.to(device=self.device, dtype=dtype)
         self._half_nu_lap = (0.5 / self.Re * lap).to(device=self.device, dtype=dtype)
         # One broadcast product maps ŵ to the dealiased spectra of the fields the products need:
         # (u, v) = (ψ_y, −ψ_x) with ψ̂ = ŵ/|k|² (basdevant), or (w, u, v) (flux).
