@@ -13,6 +13,7 @@ from collections import defaultdict
 import numpy as np
 import torch
 
+from utils.compat import check_compat
 from utils.metrics import random_directions, sliced_wasserstein
 
 
@@ -29,8 +30,18 @@ def piq_per_sample(fn, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor
 
 
 class Evaluator:
-    def __init__(self, forward_op=None):
+    """``compat``: ``reference`` (InverseBench's metrics, quirks included) or ``corrected``
+    (utils/compat.py, docs/deviations.md).
+
+    ``reference_names`` maps a metric's name here to the reference's key for it: both are
+    reported, in both modes, so tools and sweep files written for the reference find their keys
+    (e.g. ``relative l2`` beside ``relative_l2``)."""
+
+    reference_names: dict[str, str] = {}
+
+    def __init__(self, forward_op=None, compat: str = "corrected"):
         self.forward_op = forward_op
+        self.compat = check_compat(compat, f"{type(self).__name__} compat")
         self.metric_state: dict[str, list[float]] = defaultdict(list)
 
     def evaluate(self, pred, target, observation=None) -> dict[str, float]:
@@ -38,6 +49,9 @@ class Evaluator:
 
     def __call__(self, pred, target, observation=None) -> dict[str, float]:
         values = {k: float(v) for k, v in self.evaluate(pred, target, observation).items()}
+        for ours, theirs in self.reference_names.items():
+            if ours in values:
+                values[theirs] = values[ours]
         for k, v in values.items():
             self.metric_state[k].append(v)
         return values
@@ -87,8 +101,9 @@ class ExactPosterior(Evaluator):
         num_reference: int = 10_000,
         num_projections: int = 256,
         seed: int = 0,
+        compat: str = "corrected",
     ):
-        super().__init__(forward_op)
+        super().__init__(forward_op, compat)
         unknown = set(metrics) - set(self.known)
         if unknown:
             raise ValueError(f"unknown metrics {sorted(unknown)}; choose from {self.known}")
@@ -167,8 +182,10 @@ class AcousticWave(Evaluator):
     clip((v - 1.5) / 3, 0, 1), and with ``data_misfit`` (and an operator and observation) the
     reference's misfit sqrt(1/2 ||A(v_hat) - y||^2) -- one more forward solve per sample."""
 
-    def __init__(self, forward_op=None, data_misfit: bool = False):
-        super().__init__(forward_op)
+    reference_names = {"relative_l2": "relative l2", "data_misfit": "data misfit"}
+
+    def __init__(self, forward_op=None, data_misfit: bool = False, compat: str = "corrected"):
+        super().__init__(forward_op, compat)
         self.data_misfit = bool(data_misfit)
 
     def evaluate(self, pred, target, observation=None):
@@ -202,6 +219,8 @@ class MRI(Evaluator):
     number of samples; the reference's batching returns nothing for 1 < N < 32): PSNR and SSIM of
     magnitude images with the prediction clipped to [0, max target] and data range max target
     (piq), and the data misfit ||A(x_hat) - y||_2 when the operator and observation are given."""
+
+    reference_names = {"data_misfit": "data misfit"}
 
     def evaluate(self, pred, target, observation=None):
         import piq
@@ -267,6 +286,14 @@ class BlackHole(Evaluator):
       by one: its "f=10" is unblurred).
     """
 
+    reference_names = {
+        "chi2_cp": "cp_chi2",
+        "chi2_logcamp": "camp_chi2",
+        "blur_psnr_10": "blur_psnr (f=10)",
+        "blur_psnr_15": "blur_psnr (f=15)",
+        "blur_psnr_20": "blur_psnr (f=20)",
+    }
+
     def __init__(
         self,
         forward_op=None,
@@ -274,10 +301,11 @@ class BlackHole(Evaluator):
         shift_steps: int = 30,
         max_shift: float = 0.25,
         pixel_uas: float | None = None,
+        compat: str = "corrected",
     ):
         """``pixel_uas``: pixel size in micro-arcseconds for the blurs; taken from the operator
         when one is given."""
-        super().__init__(forward_op)
+        super().__init__(forward_op, compat)
         if forward_op is not None:
             pixel_uas = forward_op.psize / (math.pi / 180 / 3600 / 1e6)
         if pixel_uas is None:

@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from inverse_problems.black_box import BlackBox
 from models.loading import build_prior
+from utils.compat import check_compat
 from utils.compute import CountingNet, CountingOperator, Counts, Stopwatch
 from utils.io import atomic_write_csv, atomic_write_json, atomic_write_text
 from utils.results import (
@@ -132,6 +133,7 @@ def solve_batch(config, forward_op, testset, algo, counts, indices, device):
 
 
 def run(config: DictConfig) -> dict:
+    check_compat(config.compat)
     device = pick_device(config.device)
     if config.tf32:
         torch.set_float32_matmul_precision("high")
@@ -141,7 +143,10 @@ def run(config: DictConfig) -> dict:
     exp_dir.mkdir(parents=True, exist_ok=True)
     setup_logging(exp_dir)
     check_same_experiment(exp_dir, config)
-    log.info(f"{config.problem.name} / {config.algorithm.name} -> {exp_dir} on {device}")
+    log.info(
+        f"{config.problem.name} / {config.algorithm.name} (compat={config.compat}) -> {exp_dir} "
+        f"on {device}"
+    )
 
     forward_op, testset, algo, evaluator, counts = build(config, device)
     try:
@@ -212,13 +217,15 @@ def _run_items(config, exp_dir, device, forward_op, testset, algo, evaluator, co
     if diverged:
         log.warning(f"{len(diverged)} of {len(rows)} items have non-finite samples: {diverged}")
     atomic_write_csv(exp_dir / "metrics.csv", ordered(), columns())
-    atomic_write_json(exp_dir / "summary.json", {"num_items": len(rows), **summary})
+    atomic_write_json(
+        exp_dir / "summary.json", {"num_items": len(rows), "compat": config.compat, **summary}
+    )
     log.info(
         "\n"
         + summary_table(
             summary,
             [*metric_names, *COMPUTE_COLUMNS],
-            f"{config.problem.name} / {config.algorithm.name}: "
+            f"{config.problem.name} / {config.algorithm.name} (compat={config.compat}): "
             f"{len(rows)} items, {config.num_samples} samples each",
         )
     )

@@ -107,9 +107,10 @@ class AcousticWave(BaseOperator):
         unnorm_shift: float = 3.0,
         unnorm_scale: float = 1.0,
         device="cpu",
+        compat: str = "corrected",
         **_ignored,  # the reference's bcs, gc_threshold
     ):
-        super().__init__(sigma_noise, unnorm_shift, unnorm_scale, device)
+        super().__init__(sigma_noise, unnorm_shift, unnorm_scale, device, compat=compat)
         nx, nz = (int(n) for n in shape)
         dx, dz = (float(h) for h in spacing)
         width = (nx - 1) * dx

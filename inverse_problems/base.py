@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from utils.compat import check_compat
 from utils.rng import BatchRNG
 
 CAPABILITIES = ("gradient", "linear", "adjoint", "svd", "pseudo_inverse")
@@ -89,7 +90,11 @@ class BaseOperator(ABC):
         unnorm_shift: float = 0.0,
         unnorm_scale: float = 1.0,
         device="cpu",
+        compat: str = "corrected",
     ):
+        """``compat``: ``reference`` (InverseBench's numbers) or ``corrected`` (utils/compat.py,
+        docs/deviations.md); operators that differ between the two read ``self.compat``."""
+        self.compat = check_compat(compat, f"{type(self).__name__} compat")
         self.sigma_noise = float(sigma_noise)
         self.unnorm_shift = float(unnorm_shift)
         self.unnorm_scale = float(unnorm_scale)

@@ -77,6 +77,7 @@ class BlackHoleImaging(BaseOperator):
         ref_flux: float | None = None,
         coverage: dict | None = None,
         device="cpu",
+        compat: str = "corrected",
         **_ignored,
     ):
         """``root``: a folder with the reference's ``obs.uvfits`` (uv coverage and sigmas) and
@@ -84,7 +85,7 @@ class BlackHoleImaging(BaseOperator):
         ehtim from ``array_file`` (``coverage``: keyword arguments of
         ``eht.simulate_coverage``). ``ttype`` is accepted for the reference's command lines: the
         DFT here is always exact (no NFFT)."""
-        super().__init__(sigma_noise, unnorm_shift, unnorm_scale, device)
+        super().__init__(sigma_noise, unnorm_shift, unnorm_scale, device, compat=compat)
         if noise_type not in NOISE_TYPES:
             raise ValueError(f"noise_type must be one of {NOISE_TYPES}, got {noise_type!r}")
         if ttype not in ("direct", "fast", "nfft"):

@@ -102,9 +102,10 @@ class InverseScatter(BaseOperator):
         cache_dir: str | None = None,
         dtype: str = "float64",
         device="cpu",
+        compat: str = "corrected",
     ):
         self.use_svd = bool(svd)
-        super().__init__(sigma_noise, unnorm_shift, unnorm_scale, device)
+        super().__init__(sigma_noise, unnorm_shift, unnorm_scale, device, compat=compat)
         self.geometry = {
             "Lx": float(Lx),
             "Ly": float(Ly),

@@ -96,9 +96,10 @@ class MultiCoilMRI(BaseOperator):
         mask_seed: int = 0,
         sigma_noise: float = 0.0,
         device="cpu",
+        compat: str = "corrected",
         **_ignored,
     ):
-        super().__init__(sigma_noise, 0.0, 1.0, device)
+        super().__init__(sigma_noise, 0.0, 1.0, device, compat=compat)
         if orientation not in ("vertical", "horizontal"):
             raise ValueError(f"orientation must be 'vertical' or 'horizontal', got {orientation!r}")
         self.orientation = orientation

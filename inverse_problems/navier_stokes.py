@@ -41,10 +41,11 @@ class ForwardNavierStokes2d(BaseOperator):
         unnorm_shift: float = 0.0,
         unnorm_scale: float = 10.0,
         device="cpu",
+        compat: str = "corrected",
         **_ignored,
     ):
         self.differentiable = bool(differentiable)  # before the base class reads capabilities
-        super().__init__(sigma_noise, unnorm_shift, unnorm_scale, device)
+        super().__init__(sigma_noise, unnorm_shift, unnorm_scale, device, compat=compat)
         if resolution % downsample_factor:
             raise ValueError(
                 f"downsample_factor {downsample_factor} must divide the resolution {resolution}"
