@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -37,7 +38,7 @@ class Evaluator:
     reported, in both modes, so tools and sweep files written for the reference find their keys
     (e.g. ``relative l2`` beside ``relative_l2``)."""
 
-    reference_names: dict[str, str] = {}
+    reference_names: ClassVar[dict[str, str]] = {}
 
     def __init__(self, forward_op=None, compat: str = "corrected"):
         self.forward_op = forward_op
@@ -182,7 +183,10 @@ class AcousticWave(Evaluator):
     clip((v - 1.5) / 3, 0, 1), and with ``data_misfit`` (and an operator and observation) the
     reference's misfit sqrt(1/2 ||A(v_hat) - y||^2) -- one more forward solve per sample."""
 
-    reference_names = {"relative_l2": "relative l2", "data_misfit": "data misfit"}
+    reference_names: ClassVar[dict[str, str]] = {
+        "relative_l2": "relative l2",
+        "data_misfit": "data misfit",
+    }
 
     def __init__(self, forward_op=None, data_misfit: bool = False, compat: str = "corrected"):
         super().__init__(forward_op, compat)
@@ -220,7 +224,7 @@ class MRI(Evaluator):
     magnitude images with the prediction clipped to [0, max target] and data range max target
     (piq), and the data misfit ||A(x_hat) - y||_2 when the operator and observation are given."""
 
-    reference_names = {"data_misfit": "data misfit"}
+    reference_names: ClassVar[dict[str, str]] = {"data_misfit": "data misfit"}
 
     def evaluate(self, pred, target, observation=None):
         import piq
@@ -286,7 +290,7 @@ class BlackHole(Evaluator):
       by one: its "f=10" is unblurred).
     """
 
-    reference_names = {
+    reference_names: ClassVar[dict[str, str]] = {
         "chi2_cp": "cp_chi2",
         "chi2_logcamp": "camp_chi2",
         "blur_psnr_10": "blur_psnr (f=10)",

@@ -1,4 +1,4 @@
-"""The ``compat`` run key: which of two behaviours a problem's physics, metrics and algorithms follow.
+"""The ``compat`` run key: which of two behaviours the physics, metrics and algorithms follow.
 
 * ``reference``: the numbers of InverseBench (Zheng et al., ICLR 2025; github devzhk/InverseBench
   at b113d67) on identical inputs, to float rounding -- the quirks that change its numbers
