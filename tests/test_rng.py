@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from utils.helper import parse_int_list
@@ -47,3 +48,19 @@ def test_parse_int_list():
     assert parse_int_list("0-3,7") == [0, 1, 2, 3, 7]
     assert parse_int_list(5) == [5] and parse_int_list([1, 2]) == [1, 2]
     assert parse_int_list(None) is None
+
+
+def test_replay_rng_returns_recorded_draws_in_order_and_checks_shapes():
+    from utils.rng import ReplayRNG
+
+    a, b = torch.randn(2, 3), torch.rand(4, 5)
+    rng = ReplayRNG([a, b], rows=2)
+    assert torch.equal(rng.randn(3), a)
+    wide = rng.expand(2)  # same queue, rows item-major x2
+    assert len(wide) == 4 and torch.equal(wide.rand(5), b)
+    assert rng.remaining == 0
+    with pytest.raises(RuntimeError, match="only 2 were recorded"):
+        rng.randn(3)
+    rng = ReplayRNG([a], rows=2)
+    with pytest.raises(RuntimeError, match="recorded with shape"):
+        rng.randn(4)

@@ -102,3 +102,69 @@ class BatchRNG:
     def numpy(self, stream: int) -> np.random.Generator:
         """A numpy generator for one stream (for numpy/scipy code paths)."""
         return np.random.default_rng(derive_seed(self.seeds[stream], 7))
+
+
+class ReplayRNG:
+    """Replays recorded draws behind ``BatchRNG``'s interface: each ``randn`` / ``rand`` /
+    ``randn_like`` / ``randint`` call returns the next recorded tensor, whose shape must be the one
+    asked for. Used by the parity tests: the reference's random draws (torch's global RNG) are
+    recorded in the order its code makes them, and an algorithm given this RNG consumes the same
+    numbers, so both sides can be compared draw for draw. ``expand`` and ``split`` return views on
+    the same queue (the reference draws from one global stream)."""
+
+    def __init__(self, draws: Sequence[torch.Tensor], rows: int, device="cpu"):
+        self.queue = _Queue([torch.as_tensor(d) for d in draws])
+        self.rows = int(rows)
+        self.device = torch.device(device)
+
+    def __len__(self) -> int:
+        return self.rows
+
+    @property
+    def remaining(self) -> int:
+        """Recorded draws not consumed yet (a parity test expects 0 at the end)."""
+        return len(self.queue.draws) - self.queue.next
+
+    def expand(self, n: int) -> ReplayRNG:
+        out = ReplayRNG([], self.rows * int(n), self.device)
+        out.queue = self.queue
+        return out
+
+    def split(self, n: int) -> list[ReplayRNG]:
+        return [self] * int(n)
+
+    def _take(self, shape, dtype) -> torch.Tensor:
+        q = self.queue
+        if q.next >= len(q.draws):
+            raise RuntimeError(
+                f"ReplayRNG: draw {q.next} of shape {tuple(shape)} asked for, "
+                f"but only {len(q.draws)} were recorded"
+            )
+        out = q.draws[q.next]
+        if tuple(out.shape) != tuple(shape):
+            raise RuntimeError(
+                f"ReplayRNG: draw {q.next} was recorded with shape {tuple(out.shape)} but "
+                f"{tuple(shape)} is asked for (the two codes draw in a different order)"
+            )
+        q.next += 1
+        return out.to(self.device, dtype)
+
+    def randn(self, *shape: int, dtype=torch.float32) -> torch.Tensor:
+        return self._take((self.rows, *shape), dtype)
+
+    def rand(self, *shape: int, dtype=torch.float32) -> torch.Tensor:
+        return self._take((self.rows, *shape), dtype)
+
+    def randn_like(self, x: torch.Tensor) -> torch.Tensor:
+        return self._take(tuple(x.shape), x.dtype).to(x.device)
+
+    def randint(self, high: int, *shape: int) -> torch.Tensor:
+        return self._take((self.rows, *shape), torch.int64)
+
+    def numpy(self, stream: int) -> np.random.Generator:
+        raise NotImplementedError("ReplayRNG replays torch draws only")
+
+
+class _Queue:
+    def __init__(self, draws: list[torch.Tensor]):
+        self.draws, self.next = draws, 0
