@@ -26,6 +26,7 @@ from models.loading import build_prior
 from utils.compat import check_compat
 from utils.compute import CountingNet, CountingOperator, Counts, Stopwatch
 from utils.io import atomic_write_csv, atomic_write_json, atomic_write_text
+from utils.progress import reporting
 from utils.results import (
     COMPUTE_COLUMNS,
     check_same_experiment,
@@ -102,6 +103,37 @@ def build(config: DictConfig, device: torch.device):
     return forward_op, testset, algo, evaluator, counts
 
 
+def step_receiver(config, num_items: int):
+    """What the algorithm's per-step ``report`` calls do (utils/progress.py): move a progress bar
+    nested under the per-item bar and, with wandb, log the scalars (e.g. ``data_fitting_loss``,
+    which the reference's sweep files optimise) against the step."""
+    state = {"bar": None}
+
+    def receive(step: int, total: int, scalars: dict) -> None:
+        bar = state["bar"]
+        if bar is None and config.progress:
+            bar = state["bar"] = tqdm(
+                total=total,
+                desc=f"steps ({num_items} items)",
+                leave=False,
+                position=1,
+                file=sys.stdout,
+            )
+        if bar is not None:
+            bar.update(step + 1 - bar.n)
+            if scalars:
+                bar.set_postfix({k: f"{v:.4g}" for k, v in scalars.items()}, refresh=False)
+            if step + 1 >= total:
+                bar.close()
+                state["bar"] = None
+        if config.wandb and scalars:
+            import wandb
+
+            wandb.log(scalars)
+
+    return receive
+
+
 def solve_batch(config, forward_op, testset, algo, counts, indices, device):
     """Simulate and solve a batch of items; returns per-item (observation, recon, compute)."""
     ids = [int(testset.id_list[i]) for i in indices]
@@ -109,7 +141,7 @@ def solve_batch(config, forward_op, testset, algo, counts, indices, device):
     observation = forward_op(data, BatchRNG.for_items(config.seed, ids, OBSERVATION, device))
     rng = BatchRNG.for_items(config.seed, ids, ALGORITHM, device)
     counts.reset()
-    with Stopwatch(device) as watch:
+    with Stopwatch(device) as watch, reporting(step_receiver(config, len(ids))):
         # oracle starts (data-fit baselines from a smoothed truth) get the normalized target
         extra = {"target": data["target"].to(device)} if getattr(algo, "uses_target", False) else {}
         recon = algo.inference(observation, num_samples=config.num_samples, rng=rng, **extra)

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from algo.base import Algo
+from utils.progress import report
 
 
 def gaussian_smooth(x: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -115,8 +116,10 @@ class AdamL2(DataFitBaseline):
         x = self.start(observation, target).requires_grad_(True)
         opt = torch.optim.AdamW([x], lr=self.lr, weight_decay=self.weight_decay)
         sched = torch.optim.lr_scheduler.MultiStepLR(opt, self.milestones, self.gamma)
-        for _ in range(self.num_steps):
-            x.grad = self.forward_op.gradient(x.detach(), observation).to(x.dtype)
+        for step in range(self.num_steps):
+            grad, loss = self.forward_op.gradient(x.detach(), observation, return_loss=True)
+            x.grad = grad.to(x.dtype)
+            report(step, self.num_steps, data_fitting_loss=loss.sqrt())
             opt.step()
             sched.step()
             self.project_(x)

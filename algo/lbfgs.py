@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from algo.adam import DataFitBaseline
+from utils.progress import report
 
 
 class LBFGS(DataFitBaseline):
@@ -51,8 +52,9 @@ class LBFGS(DataFitBaseline):
             x.grad = grad.to(x.dtype)
             return float(loss.sum())
 
-        for _ in range(self.num_steps):
-            opt.step(closure)
+        for step in range(self.num_steps):
+            loss = opt.step(closure)
+            report(step, self.num_steps, data_fitting_loss=float(loss) ** 0.5)
             self.project_(x)
         return x.detach()
 
