@@ -220,9 +220,12 @@ class AcousticWave(Evaluator):
 
 class MRI(Evaluator):
     """The reference's MRI metrics, per sample and averaged over the item's samples (for every
-    number of samples; the reference's batching returns nothing for 1 < N < 32): PSNR and SSIM of
+    number of samples; the reference's batching returns 0 for 1 < N < 32): PSNR and SSIM of
     magnitude images with the prediction clipped to [0, max target] and data range max target
-    (piq), and the data misfit ||A(x_hat) - y||_2 when the operator and observation are given."""
+    (piq, float64), and the data misfit when the operator and observation are given: the mean
+    over samples of ||A(x_hat) - y||_2 (``compat='corrected'``), or the reference's one norm of
+    all N samples' residuals together, sqrt(sum_n ||A(x_hat_n) - y||^2)
+    (``compat='reference'``; the same for N = 1)."""
 
     reference_names: ClassVar[dict[str, str]] = {"data_misfit": "data misfit"}
 
@@ -239,13 +242,14 @@ class MRI(Evaluator):
         t = (t / top).expand_as(p)
         out = {
             "psnr": float(piq_per_sample(piq.psnr, p, t).mean()),
-            "ssim": float(piq_per_sample(piq.ssim, p.float(), t.float()).mean()),
+            "ssim": float(piq_per_sample(piq.ssim, p, t).mean()),
         }
         if self.forward_op is not None and observation is not None:
             with torch.no_grad():
                 m = self.forward_op.forward(pred.to(torch.float64), **observation.physics)
             misfit = (m - observation.y.to(m.dtype)).flatten(1).norm(dim=1)
-            out["data_misfit"] = float(misfit.mean())
+            joint = self.compat == "reference"
+            out["data_misfit"] = float(misfit.norm() if joint else misfit.mean())
         return out
 
 

@@ -12,8 +12,11 @@ Per-item physics travels with the batch: ``maps`` (B, Nc, H, W) complex and ``ma
 (B, 1, W) / (B, H, 1) boolean are entries of the ``Observation``, so items with different coils and
 masks are solved in one call and the operator keeps no state (the reference stores the maps of the
 current item on the operator, which limits it to one item at a time). A data item that carries no
-mask gets the operator's own, drawn once from ``mask_seed`` by a local generator (the reference
-reseeds numpy's global RNG).
+mask gets the operator's own, drawn once from ``mask_seed``: the reference's lines (its
+``np.random.seed(mask_seed); np.random.choice(...)``) from a local ``np.random.RandomState``, so
+numpy's global RNG is left alone. ``compat='reference'`` also keeps the reference's equispaced
+pattern, every R-th line outside the ACS block (more lines than floor(total / R));
+``compat='corrected'`` keeps the budget (see ``line_mask``, docs/deviations.md).
 
 Observations: with ``kspace`` in the data item (the "real" variants: raw scanner k-space with its
 own acquisition noise) y = M kspace and no noise is added; without it ("sim" variants, or
@@ -29,6 +32,7 @@ import numpy as np
 import torch
 
 from inverse_problems.base import BaseOperator, Observation, group_rows
+from utils.compat import check_compat
 
 
 def fft2c(x: torch.Tensor) -> torch.Tensor:
@@ -57,27 +61,55 @@ def line_mask(
     total_lines: int,
     acceleration: float,
     pattern: str = "random",
-    generator: torch.Generator | None = None,
+    generator: np.random.RandomState | torch.Generator | None = None,
+    compat: str = "corrected",
 ) -> torch.Tensor:
-    """(total_lines,) bool: floor(total / R) sampled lines, the ACS block centred, the rest random
-    (``pattern='random'``, drawn from ``generator``) or evenly spaced (``'equispaced'``)."""
+    """(total_lines,) bool: the ACS block of ``acs_lines`` centred lines plus lines outside it.
+
+    ``pattern='random'``: floor(total / R) lines in all, the others drawn without replacement by
+    numpy's legacy ``RandomState.choice`` -- the reference's draw (it reseeds numpy's global RNG
+    with ``mask_seed`` and calls ``np.random.choice``), here from the local ``generator``, so
+    ``np.random.RandomState(mask_seed)`` gives the reference's lines and no global state is
+    touched. A ``torch.Generator`` is accepted too: one 31-bit seed is drawn from it for a
+    ``RandomState`` (several masks from one stream).
+
+    ``pattern='equispaced'``: lines evenly spaced over those outside the ACS block, floor(total / R)
+    in all (``compat='corrected'``); ``compat='reference'`` takes every int(R)-th of them as the
+    reference does, which ignores the budget (99 lines instead of 80 at 320 lines and R = 4).
+    """
     if pattern not in ("random", "equispaced"):
         raise ValueError(f"pattern must be 'random' or 'equispaced', got {pattern!r}")
+    check_compat(compat, "line_mask compat")
     n = int(total_lines)
     num = math.floor(n / acceleration)
     acs = min(acs_lines(n, acceleration), num)
     mask = torch.zeros(n, dtype=torch.bool)
     start = (n - acs) // 2
     mask[start : start + acs] = True
-    rest = num - acs
     free = torch.nonzero(~mask).flatten()
+    if pattern == "equispaced" and compat == "reference":
+        mask[free[:: int(acceleration)]] = True
+        return mask
+    rest = num - acs
     if rest > 0:
         if pattern == "random":
-            pick = free[torch.randperm(free.numel(), generator=generator)[:rest]]
+            state = _random_state(generator)
+            pick = torch.from_numpy(state.choice(free.numpy(), size=rest, replace=False))
         else:
             pick = free[torch.linspace(0, free.numel() - 1, rest).round().long()]
         mask[pick] = True
     return mask
+
+
+def _random_state(generator) -> np.random.RandomState:
+    if isinstance(generator, np.random.RandomState):
+        return generator
+    if isinstance(generator, torch.Generator):
+        return np.random.RandomState(int(torch.randint(2**31, (1,), generator=generator)))
+    raise ValueError(
+        "a random line mask needs a generator: np.random.RandomState(mask_seed) (the reference's "
+        f"draw) or a torch.Generator, got {type(generator).__name__}"
+    )
 
 
 class MultiCoilMRI(BaseOperator):
@@ -107,8 +139,8 @@ class MultiCoilMRI(BaseOperator):
         if mask_fname:
             lines = torch.from_numpy(np.load(mask_fname)).reshape(-1).bool()
         else:
-            g = torch.Generator().manual_seed(int(mask_seed))
-            lines = line_mask(total_lines, self.acceleration, pattern, g)
+            state = np.random.RandomState(int(mask_seed))  # local: the global RNG stays as it was
+            lines = line_mask(total_lines, self.acceleration, pattern, state, compat=self.compat)
         self.lines = lines.to(self.device)
 
     def default_mask(self) -> torch.Tensor:
