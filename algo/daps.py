@@ -40,6 +40,7 @@ import torch
 from algo.base import Algo
 from algo.diffpir import LinearGaussian
 from inverse_problems.base import Observation
+from utils.compat import check_compat
 from utils.diffusion import sample
 from utils.scheduler import Scheduler
 
@@ -131,7 +132,11 @@ class DAPS(Algo):
         diffusion_scheduler_config,
         lgvd_config,
         exact_linear: bool = False,
+        compat: str = "corrected",
     ):
+        """``compat`` (utils/compat.py): both modes compute the same thing here (the
+        differences listed above are fixes of crashes, silent zeros and batch coupling)."""
+        self.compat = check_compat(compat, "DAPS compat")
         self.exact_linear = bool(exact_linear)
         if self.exact_linear:
             self.requires = LinearGaussian.requirements(forward_op)

@@ -51,6 +51,7 @@ import torch
 
 from algo.base import Algo, singular_values
 from inverse_problems.base import Observation, group_rows
+from utils.compat import check_compat
 from utils.diffusion import denoise_scaled
 from utils.scheduler import Scheduler
 
@@ -202,7 +203,11 @@ class DiffPIR(Algo):
         linear: bool = False,
         cg_max_iter: int = 200,
         cg_tol: float = 1e-6,
+        compat: str = "corrected",
     ):
+        """``compat`` (utils/compat.py): both modes compute the same thing here; the gradient
+        mode equals the reference to float rounding, its linear mode crashed (kept fixed)."""
+        self.compat = check_compat(compat, "DiffPIR compat")
         self.linear = bool(linear)
         if self.linear:
             self.requires = LinearGaussian.requirements(forward_op)

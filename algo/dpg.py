@@ -43,6 +43,10 @@ Deviations from the reference code:
 * ``num_mc_samples`` need not be a multiple of ``batch_size`` (the last block is smaller); it
   must be >= 2 (the leave-one-out baseline needs two draws).
 * All randomness comes from the per-row streams (results do not depend on batching).
+
+``compat=reference`` (utils/compat.py) ignores ``clamp_r``, as the reference does (r is bounded
+below by ``rmin`` only); everything else equals the reference to float rounding at batch 1 on a
+single test item. The state leak between items stays fixed in both modes.
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ import math
 import torch
 
 from algo.base import Algo
+from utils.compat import check_compat
 from utils.diffusion import denoise_scaled, euler_step
 from utils.scheduler import Scheduler
 
@@ -77,8 +82,10 @@ class DPG(Algo):
         clamp_r: float | None = 10.0,
         rmin: float = 0.0,
         sde: bool = True,
+        compat: str = "corrected",
     ):
         super().__init__(net, forward_op)
+        self.compat = check_compat(compat, "DPG compat")
         if int(num_mc_samples) < 2:
             raise ValueError(f"num_mc_samples must be >= 2 (leave-one-out), got {num_mc_samples}")
         if int(batch_size) < 1:
@@ -133,7 +140,8 @@ class DPG(Algo):
                 Z = loss_ref if Z is None else BETA2 * Z + (1 - BETA2) * loss_ref
                 Z = Z.clamp_min(1e-30)
                 r = (Z / num_pixels).sqrt() / 2
-                r = r.clamp(min=self.rmin, max=self.clamp_r).clamp_min(1e-30)
+                upper = None if self.compat == "reference" else self.clamp_r
+                r = r.clamp(min=self.rmin, max=upper).clamp_min(1e-30)
                 g_x0 = self._policy_gradient(x0d, loss_ref, Z, r, observation, rng)
             (grad,) = torch.autograd.grad(x0, x, grad_outputs=g_x0.reshape(x0.shape).to(x0.dtype))
             # Momentum over the raw gradients of consecutive steps, fading out towards the end.

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from algo.base import Algo
+from utils.compat import check_compat
 from utils.diffusion import denoise_scaled, euler_step
 from utils.scheduler import Scheduler
 
@@ -23,9 +24,18 @@ class DPS(Algo):
     requires = frozenset({"gradient"})
 
     def __init__(
-        self, net, forward_op, diffusion_scheduler_config, guidance_scale: float, sde: bool = True
+        self,
+        net,
+        forward_op,
+        diffusion_scheduler_config,
+        guidance_scale: float,
+        sde: bool = True,
+        compat: str = "corrected",
     ):
+        """``compat`` (utils/compat.py): both modes compute the same thing here (batch 1 equals
+        the reference to float rounding; only the batch coupling of its norm stays fixed)."""
         super().__init__(net, forward_op)
+        self.compat = check_compat(compat, "DPS compat")
         self.scheduler = Scheduler(**diffusion_scheduler_config)
         self.guidance_scale = float(guidance_scale)
         self.sde = bool(sde)

@@ -32,6 +32,12 @@ Deviations from the reference code:
 * K = num_queries // 2 (central) or num_queries (forward) exactly; the reference rounds K down to
   a multiple of ``batch_size``. A last, smaller block covers the remainder.
 * All randomness comes from the per-row streams (results do not depend on batching).
+
+``compat=reference`` (utils/compat.py) rounds K down to a multiple of ``batch_size`` as the
+reference does (K = batch_size * (num_queries // (2 batch_size)) central, batch_size *
+(num_queries // batch_size) forward; a setting that gives K = 0 is refused instead of dividing by
+zero); everything else equals the reference to float rounding at batch 1. At the reference's
+defaults (2048 queries, blocks of 512) the two modes agree.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from __future__ import annotations
 import torch
 
 from algo.base import Algo
+from utils.compat import check_compat
 from utils.diffusion import denoise_scaled, euler_step
 from utils.scheduler import Scheduler
 
@@ -57,10 +64,14 @@ class DPS_GSG(Algo):
         mu: float,
         is_central: bool = True,
         sde: bool = True,
+        compat: str = "corrected",
     ):
         super().__init__(net, forward_op)
+        self.compat = check_compat(compat, "DPS_GSG compat")
         self.is_central = bool(is_central)
         self.num_directions = int(num_queries) // 2 if self.is_central else int(num_queries)
+        if self.compat == "reference" and int(batch_size) >= 1:
+            self.num_directions -= self.num_directions % int(batch_size)
         if self.num_directions < 1:
             raise ValueError(f"num_queries={num_queries} gives no direction")
         if int(batch_size) < 1 or float(mu) <= 0:

@@ -24,6 +24,12 @@ Deviations from the reference code:
   draw at a time, for operators without batched gradients or to bound memory) gives the same
   result as ``batch_grad=True``.
 * All randomness comes from the per-item streams (results do not depend on batching).
+
+``compat=reference`` (utils/compat.py) normalizes by sqrt of the *sum* of the M losses, as the
+reference's ``batch_grad=True`` does (its default and the only mode that runs: with
+``batch_grad=False`` it crashes on ``torch.sqrt`` of a numpy float), so its guidance is sqrt(M)
+times weaker than ``compat=corrected``'s mean -- for either ``batch_grad`` here. Everything else
+equals the reference to float rounding at batch 1.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ import math
 import torch
 
 from algo.base import Algo
+from utils.compat import check_compat
 from utils.diffusion import denoise_scaled, euler_step
 from utils.scheduler import Scheduler
 
@@ -49,10 +56,12 @@ class LGD(Algo):
         num_samples: int = 10,
         batch_grad: bool = True,
         sde: bool = True,
+        compat: str = "corrected",
     ):
         """``num_samples`` is the number of MC draws per step (the reference's name), not the
         number of outputs, which ``inference`` takes."""
         super().__init__(net, forward_op)
+        self.compat = check_compat(compat, "LGD compat")
         if int(num_samples) < 1:
             raise ValueError(f"num_samples (MC draws) must be >= 1, got {num_samples}")
         self.scheduler = Scheduler(**diffusion_scheduler_config)
@@ -62,19 +71,22 @@ class LGD(Algo):
         self.sde = bool(sde)
 
     def _mc_gradient(self, draws: torch.Tensor, observation):
-        """Mean over the MC draws (rows, M, C, H, W) of the misfit gradient and of the misfit."""
+        """Mean over the MC draws (rows, M, C, H, W) of the misfit gradient, and the mean of the
+        misfits (their sum with ``compat=reference``)."""
         rows, m = draws.shape[:2]
         if self.batch_grad:
             # Row r's draws become rows r*M ... r*M+M-1: still item-major for the operator.
             grad, loss = self.forward_op.gradient(
                 draws.flatten(0, 1), observation, return_loss=True
             )
-            return grad.reshape(draws.shape).mean(1), loss.reshape(rows, m).mean(1)
-        grad_sum, loss_sum = 0.0, 0.0
-        for j in range(m):
-            grad, loss = self.forward_op.gradient(draws[:, j], observation, return_loss=True)
-            grad_sum, loss_sum = grad_sum + grad, loss_sum + loss
-        return grad_sum / m, loss_sum / m
+            grad, loss = grad.reshape(draws.shape).mean(1), loss.reshape(rows, m).sum(1)
+        else:
+            grad, loss = 0.0, 0.0
+            for j in range(m):
+                g, l_j = self.forward_op.gradient(draws[:, j], observation, return_loss=True)
+                grad, loss = grad + g, loss + l_j
+            grad = grad / m
+        return grad, (loss if self.compat == "reference" else loss / m)
 
     def inference(self, observation, num_samples=1, rng=None):
         rng = self.sample_rng(observation, num_samples, rng)

@@ -34,6 +34,19 @@ Deviations from the reference code:
 * Per row: every sample gets its own guidance (the reference flattens the whole batch into one
   vector, right only for a single sample). All randomness comes from the per-item streams
   (results do not depend on batching).
+
+``compat=reference`` (utils/compat.py) reproduces the reference's numbers at batch 1:
+
+* noisy mode: the reference solves with the *physical* matrix A_phys (x in physical units,
+  x_phys = (x + shift) * unnorm_scale) but differentiates through the normalized network output,
+  so its guidance is unnorm_scale * A_phys^T (A_phys A_phys^T + c I)^{-1} r; with the normalized
+  operator L = unnorm_scale * A_phys = U diag(S) V^T that is V [S / (S^2 / unnorm_scale^2 + c)]
+  U^T r instead of the consistent V [S / (S^2 + c)] U^T r. Where S^2 dominates c this is
+  unnorm_scale^2 times the consistent guidance (1/4 at inverse scattering's 0.5); at
+  unnorm_scale 1 the two agree. c uses the configured ``sigma_noise`` (floored at 1e-4) as the
+  std of a real entry, without the 1/sqrt(2) of complex measurements nor per-item values;
+* both modes: the network gets the state as it is, without dividing by the grid's scaling s
+  (the same as ``corrected`` on the reference's default VE grid, where s = 1).
 """
 
 from __future__ import annotations
@@ -44,13 +57,23 @@ import torch
 
 from algo.base import Algo, singular_values
 from inverse_problems.base import group_rows
+from utils.compat import check_compat
 from utils.scheduler import Scheduler
 
 SIGMA_Y_FLOOR = 1e-4
 
 
 class PiGDM(Algo):
-    def __init__(self, net, forward_op, scheduler_config, eta: float = 0.2, noisy: bool = False):
+    def __init__(
+        self,
+        net,
+        forward_op,
+        scheduler_config,
+        eta: float = 0.2,
+        noisy: bool = False,
+        compat: str = "corrected",
+    ):
+        self.compat = check_compat(compat, "PiGDM compat")
         self.noisy = bool(noisy)
         # Instance attribute, read by Algo.__init__: the needs depend on the mode.
         self.requires = frozenset({"linear", "svd"} if self.noisy else {"linear", "pseudo_inverse"})
@@ -67,9 +90,16 @@ class PiGDM(Algo):
             return self.forward_op.pseudo_inverse(residual, **physics).reshape(rows, *self.shape)
         batch = observation.batch
         s = singular_values(self.forward_op, observation)  # (B, m)
-        sigma_y = self.forward_op.noise_std(physics, batch).to(s.device, torch.float64)
-        c = sigma_y.clamp_min(SIGMA_Y_FLOOR).square() * (1.0 + sigma**2) / sigma**2  # (B,)
-        gain = s / (s.square() + c.unsqueeze(1))  # (B, m)
+        if self.compat == "reference":
+            # The configured sigma_noise and physical units (see the module docstring).
+            sigma_y = torch.full((batch,), float(self.forward_op.sigma_noise), device=s.device)
+            s2 = s.square() / float(self.forward_op.unnorm_scale) ** 2
+        else:
+            sigma_y = self.forward_op.noise_std(physics, batch).to(s.device, torch.float64)
+            s2 = s.square()
+        c = sigma_y.to(torch.float64).clamp_min(SIGMA_Y_FLOOR).square() * (1.0 + sigma**2)
+        c = c / sigma**2  # (B,)
+        gain = s / (s2 + c.unsqueeze(1))  # (B, m)
         z = group_rows(self.forward_op.Ut(residual, **physics), batch)  # (B, n, m)
         z = z * gain.unsqueeze(1).to(z.dtype)
         full = z.new_zeros(*z.shape[:2], math.prod(self.shape))
@@ -81,7 +111,8 @@ class PiGDM(Algo):
         sched = self.scheduler
         # Start from the scaled prior noise, then work in the unscaled u = x / s.
         x = rng.randn(*self.shape).to(observation.y.device) * sched.sigma_max
-        u = x / float(sched.scaling_steps[0])
+        # The reference takes the scaled start as the unscaled state (the same when s = 1).
+        u = x if self.compat == "reference" else x / float(sched.scaling_steps[0])
         rows = u.shape[0]
         for i in range(sched.num_steps):
             sigma, sigma_next = float(sched.sigma_steps[i]), float(sched.sigma_steps[i + 1])

@@ -33,6 +33,14 @@ Deviations from the reference code:
 * ``exact_linear`` is new (the reference always runs Langevin).
 * The reference evaluates the loss after every sweep only to print it; that is dropped (saves
   ``annealing.num_steps`` operator calls per sample).
+
+``compat=reference`` (utils/compat.py) reproduces the reference's numbers at batch 1: the prior
+step runs the reference's tail of the base grid (from the last grid point with sigma >= rho_k)
+with its partial scheduler's off-by-one -- the tail's step factors (2 sigma dsigma dt, and the
+scaling factors) are taken one entry early, so step j from sigma_{s+j} uses the factor of
+sigma_{s+j-1} -> sigma_{s+j} and the last step, to sigma_final, is never taken at its own size;
+``lgvd.lr_min_ratio`` is forced to 1, as the reference does. A diverged Langevin run still
+raises (the reference returned zeros).
 """
 
 from __future__ import annotations
@@ -42,6 +50,7 @@ import torch
 from algo.base import Algo
 from algo.daps import Langevin, check_finite, check_sigma_grid, grid_from, integrate_from
 from algo.diffpir import LinearGaussian
+from utils.compat import check_compat
 from utils.scheduler import Scheduler, partial_scheduler
 
 
@@ -50,6 +59,19 @@ def exponential_decay(num_steps: int, sigma_max: float, sigma_min: float, rho: f
     if not 0 < rho <= 1:
         raise ValueError(f"annealing rho (decay per step) must be in (0, 1], got {rho}")
     return [max(float(sigma_min), float(sigma_max) * float(rho) ** k) for k in range(num_steps)]
+
+
+def reference_tail(base: Scheduler, sigma: float) -> Scheduler:
+    """The reference's ``Scheduler.get_partial_scheduler(base, sigma)``: the tail of ``base``
+    from its last grid point with sigma >= ``sigma``, whose per-step factors are taken one entry
+    early (it slices the N per-step arrays with the length of the N + 1 grid points; no shift when
+    the tail is the whole grid)."""
+    tail = partial_scheduler(base, sigma)
+    start = base.num_steps - tail.num_steps
+    if start > 0:
+        for name in ("scaling_factor", "factor_steps", "dt_steps"):
+            setattr(tail, name, getattr(base, name)[start - 1 : start - 1 + tail.num_steps])
+    return tail
 
 
 class PnPDM(Algo):
@@ -63,7 +85,9 @@ class PnPDM(Algo):
         diffusion_scheduler_config,
         lgvd_config,
         exact_linear: bool = False,
+        compat: str = "corrected",
     ):
+        self.compat = check_compat(compat, "PnPDM compat")
         self.exact_linear = bool(exact_linear)
         if self.exact_linear:
             self.requires = LinearGaussian.requirements(forward_op)
@@ -76,10 +100,17 @@ class PnPDM(Algo):
         # Prior-step grid per distinct rho: as many steps as the base grid's tail below rho.
         self.prior_grids = {}
         for rho in self.rhos:
-            if rho not in self.prior_grids:
+            if rho in self.prior_grids:
+                continue
+            if self.compat == "reference":
+                self.prior_grids[rho] = reference_tail(base, rho)
+            else:
                 steps = partial_scheduler(base, rho).num_steps
                 self.prior_grids[rho] = grid_from({**config, "num_steps": steps}, rho)
-        self.lgvd = Langevin(**{"lr_min_ratio": 1.0, **lgvd_config})
+        lgvd_config = {"lr_min_ratio": 1.0, **lgvd_config}
+        if self.compat == "reference":
+            lgvd_config["lr_min_ratio"] = 1.0  # the reference overrides it
+        self.lgvd = Langevin(**lgvd_config)
 
     @torch.no_grad()
     def inference(self, observation, num_samples=1, rng=None):

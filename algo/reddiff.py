@@ -32,6 +32,10 @@ Deviations from the reference code:
   the reference's batched update); all randomness comes from the per-item streams. Adam is
   written out (same update as torch.optim.Adam).
 * ``lambda_scheduling_type='sqrt'`` works (the reference calls torch.sqrt on a Python float).
+
+``compat=reference`` (utils/compat.py) keeps the reference's scaled state: the denoiser gets
+x_t = s (mu + sigma eps) and eps_hat = (x_t - D(x_t; sigma)) / sigma, which equals the reference
+to float rounding at batch 1; ``compat=corrected`` feeds u = mu + sigma eps.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ import math
 import torch
 
 from algo.base import Algo
+from utils.compat import check_compat
 from utils.scheduler import Scheduler
 
 LAMBDA_SCHEDULES = {
@@ -62,8 +67,10 @@ class REDDiff(Algo):
         base_lambda: float = 0.25,
         base_lr: float = 0.5,
         lambda_scheduling_type: str = "constant",
+        compat: str = "corrected",
     ):
         super().__init__(net, forward_op)
+        self.compat = check_compat(compat, "REDDiff compat")
         if lambda_scheduling_type not in LAMBDA_SCHEDULES:
             raise ValueError(
                 f"lambda_scheduling_type must be one of {sorted(LAMBDA_SCHEDULES)}, "
@@ -86,6 +93,8 @@ class REDDiff(Algo):
             eps = rng.randn(*self.shape).to(device, mu.dtype)
             with torch.no_grad():
                 u = mu + sigma * eps
+                if self.compat == "reference":
+                    u = float(self.scheduler.scaling_steps[i]) * u  # the reference's x_t
                 eps_hat = (u - self.net(u, torch.as_tensor(sigma, device=device))) / sigma
             # Data fit.
             grad = self.forward_op.gradient(mu, observation)

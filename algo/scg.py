@@ -29,6 +29,10 @@ Deviations from the reference code:
 * ``num_samples > 1`` runs all samples together (the reference loops over them) with per-row
   candidates; ``num_candidates`` need not be a multiple of ``batch_size``.
 * All randomness comes from the per-row streams (results do not depend on batching).
+
+``compat=reference`` (utils/compat.py) keeps the reference's jump: at i == T the state becomes
+the denoised x0_hat (unscaled, and then read as the scaled state of grid point T + 1), with no
+draw; guidance starts at T + 1. That equals the reference to float rounding at batch 1.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from __future__ import annotations
 import torch
 
 from algo.base import Algo
+from utils.compat import check_compat
 from utils.diffusion import denoise_scaled, euler_step
 from utils.scheduler import Scheduler
 
@@ -51,8 +56,10 @@ class SCG(Algo):
         num_candidates: int = 8,
         threshold: float = 0.25,
         batch_size: int = 8,
+        compat: str = "corrected",
     ):
         super().__init__(net, forward_op)
+        self.compat = check_compat(compat, "SCG compat")
         if int(num_candidates) < 1 or int(batch_size) < 1:
             raise ValueError(
                 f"num_candidates and batch_size must be >= 1, got {num_candidates}, {batch_size}"
@@ -104,6 +111,8 @@ class SCG(Algo):
             if i < first:
                 x = euler_step(x, score, sched, i, True, rng.randn_like(x))
                 x0 = None
+            elif i == first and self.compat == "reference":
+                x, x0 = x0, None  # the reference's jump to x0_hat (bug §6.11)
             else:
                 x, x0 = self._best_candidate(x, score, i, observation, rng)
         return x  # unreachable for num_steps >= 1

@@ -73,9 +73,11 @@ class ToyNet(torch.nn.Module):
         return torch.stack(out).reshape(x.shape).to(x.dtype)
 
 
-def toy_operator(arrays: dict):
+def toy_operator(arrays: dict, unnorm_scale: float = 1.0):
     """The reference's ``BaseOperator`` subclass for y = U diag(S) Vt[:m] x (imported late: the
-    reference must be on sys.path)."""
+    reference must be on sys.path). With ``unnorm_scale`` != 1 the matrix acts on physical units,
+    y = A (unnorm_scale * x), as the reference's inverse scattering does (``A`` is the physical
+    matrix; the SVD pieces stay A's)."""
     from inverse_problems.base import BaseOperator
 
     U = torch.as_tensor(arrays["U"])
@@ -85,7 +87,7 @@ def toy_operator(arrays: dict):
 
     class ToyOperator(BaseOperator):
         def __init__(self):
-            super().__init__(float(arrays["sigma_noise"]), 0.0, 1.0, device="cpu")
+            super().__init__(float(arrays["sigma_noise"]), 0.0, float(unnorm_scale), device="cpu")
             self.U = U
             self.A = A_
             self._S = torch.cat([S_, torch.zeros(D - M, dtype=torch.float64)])
@@ -100,7 +102,7 @@ def toy_operator(arrays: dict):
             return self._M.reshape(1, *SHAPE)
 
         def forward(self, inputs, unnormalize=True, **kwargs):
-            x = inputs.reshape(inputs.shape[0], -1).to(torch.float64)
+            x = self.unnormalize(inputs.reshape(inputs.shape[0], -1).to(torch.float64))
             return (x @ A_.T).to(inputs.dtype)
 
         def Vt(self, x):
