@@ -33,12 +33,21 @@ a user cache folder keyed by the geometry (``INVERSEBENCH_CACHE``, else ``$XDG_C
 inversebench``, else ``~/.cache/inversebench``), written atomically and reused by later runs.
 Computed on first use, so algorithms that need no SVD never pay for it.
 
-Deviations from the reference (inversebench-reference.md §2.2, §6.6):
+``compat`` (utils/compat.py, docs/deviations.md) picks two details of the physics; everything
+else -- forward, adjoint, gradient, SVD pieces, pseudo-inverse -- follows from them:
+* ``corrected``: the Born sum uses g(r_p - s_t), the incident field, and the cell centres are
+  symmetric about the origin, (i - (N - 1) / 2) dx;
+* ``reference``: InverseBench's numbers -- the complex conjugate of the incident field (a
+  time-reversed incident wave; its ``conj(f * uinc)``) and its grid ``linspace(-N/2, N/2 - 1, N)
+  * dx``, half a cell off centre. The conjugate alone decorrelates the measurements (relative
+  difference 1.41, correlation < 0.004 on test images at 32^2 and 128^2); the half-cell shift
+  alone changes them by 9 % (32^2) and 3 % (128^2). With both, this operator equals the reference
+  to rounding (2e-14 at 32^2, 9e-14 at 128^2; tests/test_parity_inverse_scatter.py).
+  The single-scatterer test (tests/test_inverse_scatter.py) pins the corrected sign.
+Both modes place the sensors at the reference's angles ``linspace(0, 359, n)`` degrees.
+
+Deviations from the reference in both modes:
 * every row gets its own measurement (the reference uses only f[0, 0] of a batch);
-* the Born sum uses g(r_p - s_t) (the incident field), not its complex conjugate as the
-  reference does -- the conjugate is a time-reversed incident wave; the physics test below
-  (a single small scatterer) pins the sign;
-* transmitter and receiver angles are the reference's ``linspace(0, 359, n)`` degrees;
 * the SVD is truncated at ``svd_rtol`` and the null-space basis is implicit (the reference
   stores A, A^+, U, S, Vt, about 7 GB at full size); ``M`` gives the reference's mask
   S > 1e-3 (physical units).
@@ -146,19 +155,26 @@ class InverseScatter(BaseOperator):
 
     # -- physics ---------------------------------------------------------------------------------
     def pixel_positions(self) -> torch.Tensor:
-        """(P, 2) cell centres (x, y), row-major over (Ny, Nx), centred at the origin."""
-        x = (torch.arange(self.Nx, dtype=torch.float64) - (self.Nx - 1) / 2) * self.dx
-        y = (torch.arange(self.Ny, dtype=torch.float64) - (self.Ny - 1) / 2) * self.dy
+        """(P, 2) cell centres (x, y), row-major over (Ny, Nx): centred at the origin
+        (``corrected``), or the reference's (i - N / 2) dx, half a cell towards -x and -y."""
+        centre_x, centre_y = (self.Nx - 1) / 2, (self.Ny - 1) / 2
+        if self.compat == "reference":
+            centre_x, centre_y = self.Nx / 2, self.Ny / 2
+        x = (torch.arange(self.Nx, dtype=torch.float64) - centre_x) * self.dx
+        y = (torch.arange(self.Ny, dtype=torch.float64) - centre_y) * self.dy
         yy, xx = torch.meshgrid(y, x, indexing="ij")
         return torch.stack([xx.flatten(), yy.flatten()], dim=1)
 
     def fields(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Incident fields (T, P) and the receivers' Green's functions with the quadrature and
-        kb^2 folded in (P, R), complex128 on the CPU."""
+        kb^2 folded in (P, R), complex128 on the CPU. ``compat='reference'``: the incident
+        field's complex conjugate, as the reference's ``conj(f * uinc)`` (f is real)."""
         pix = self.pixel_positions()
         trans = ring(self.numTrans, self.geometry["sensorRadius"])
         rec = ring(self.numRec, self.geometry["sensorRadius"])
         uinc = 0.25j * hankel0(self.kb * torch.cdist(trans, pix))
+        if self.compat == "reference":
+            uinc = uinc.conj()
         green = (self.kb**2 * self.dx * self.dy * 0.25j) * hankel0(self.kb * torch.cdist(pix, rec))
         return uinc, green
 
@@ -212,11 +228,14 @@ class InverseScatter(BaseOperator):
         return torch.cat([self.matrix_rows(t) for t in range(self.numTrans)])
 
     def svd_path(self) -> Path:
+        """The cache file of the factors, keyed by everything they depend on: geometry, scale,
+        truncation, dtype and the ``compat`` mode (its grid and incident field)."""
         key = dict(self.geometry, scale=self.unnorm_scale, rtol=self.svd_rtol, format=SVD_FORMAT)
         key["dtype"] = str(self.dtype)
+        key["compat"] = self.compat
         digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
         g = self.geometry
-        name = f"born_{g['Nx']}x{g['Ny']}_T{g['numTrans']}_R{g['numRec']}_{digest}.pt"
+        name = f"born_{g['Nx']}x{g['Ny']}_T{g['numTrans']}_R{g['numRec']}_{self.compat}_{digest}.pt"
         return self.cache_dir / name
 
     def matrix_rows(self, t: int) -> torch.Tensor:
