@@ -10,7 +10,10 @@ Results go to ``<problem.exp_dir>/<algorithm.name>/<exp_name>/``: the resolved `
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
+import re
 import sys
 from pathlib import Path
 
@@ -25,13 +28,17 @@ from inverse_problems.black_box import BlackBox
 from models.loading import build_prior
 from utils.compat import check_compat
 from utils.compute import CountingNet, CountingOperator, Counts, Stopwatch
+from utils.experiment import ExperimentFolder, fingerprint
 from utils.io import atomic_write_csv, atomic_write_json, atomic_write_text
 from utils.progress import reporting
 from utils.results import (
     COMPUTE_COLUMNS,
-    check_same_experiment,
+    RUN_ONLY_KEYS,
     collate,
     load_result,
+    remove_result,
+    result_config,
+    result_fingerprint,
     result_path,
     save_result,
     summarize,
@@ -166,43 +173,138 @@ def solve_batch(config, forward_op, testset, algo, counts, indices, device):
 
 def run(config: DictConfig) -> dict:
     check_compat(config.compat)
+    shard = parse_shard(config.get("shard"))
     device = pick_device(config.device)
     if config.tf32:
         torch.set_float32_matmul_precision("high")
     if config.wandb:
         config = init_wandb(config)
-    exp_dir = Path(config.problem.exp_dir) / config.algorithm.name / config.exp_name
+    exp_dir = Path(config.problem.exp_dir) / config.algorithm.name / experiment_name(config)
     exp_dir.mkdir(parents=True, exist_ok=True)
     setup_logging(exp_dir)
-    check_same_experiment(exp_dir, config)
     log.info(
         f"{config.problem.name} / {config.algorithm.name} (compat={config.compat}) -> {exp_dir} "
-        f"on {device}"
+        f"on {device}" + (f", shard {shard[0]}/{shard[1]}" if shard[1] > 1 else "")
     )
 
     forward_op, testset, algo, evaluator, counts = build(config, device)
+    fp = fingerprint(result_config(config), config.problem.get("prior"))
+    describe = {"problem": config.problem.name, "algorithm": config.algorithm.name}
     try:
-        return _run_items(config, exp_dir, device, forward_op, testset, algo, evaluator, counts)
+        with ExperimentFolder(exp_dir, fp, config.overwrite, describe) as folder:
+            return _run_items(
+                config, exp_dir, folder, shard, device, forward_op, testset, algo, evaluator, counts
+            )
     finally:
         forward_op.close()
 
 
-def _run_items(config, exp_dir, device, forward_op, testset, algo, evaluator, counts) -> dict:
+def parse_shard(value) -> tuple[int, int]:
+    """``shard=k/n`` (1 <= k <= n): this process solves items k, k+n, k+2n, ... of the test set
+    (positions, 1-based); ``None`` is ``1/1``."""
+    if value in (None, "", "1/1"):
+        return 1, 1
+    try:
+        k, n = (int(part) for part in str(value).split("/"))
+    except ValueError:
+        k = n = 0
+    if not 1 <= k <= n:
+        raise ValueError(
+            f"shard={value!r} is not k/n with 1 <= k <= n (e.g. shard=2/4: the second of four "
+            "processes that share one experiment's items)"
+        )
+    return k, n
+
+
+def experiment_name(config) -> str:
+    """``exp_name``; for a trial of a sweep (a Hydra multirun, or a wandb sweep agent) left at
+    the default name, a name made from the trial's overrides, so that trials never share a folder
+    (``problem``, ``algorithm``, ``pretrain`` and run-only keys are left out of it)."""
+    name = str(config.exp_name)
+    if not name or name != name.strip() or Path(name).is_absolute() or ".." in Path(name).parts:
+        raise ValueError(
+            f"exp_name={name!r} must be a relative folder name inside the problem's exp_dir "
+            "(no '..', not empty)"
+        )
+    if name != "default" or not is_sweep_trial():
+        return name
+    if os.environ.get("WANDB_RUN_ID"):  # a wandb sweep agent's trial: the run's id
+        return f"sweep-{sanitize_name(os.environ['WANDB_RUN_ID'])}"
+    from hydra.core.hydra_config import HydraConfig
+
+    hydra_cfg = HydraConfig.get()
+    swept = swept_keys(hydra_cfg)
+    skip = {"problem", "algorithm", "pretrain", "exp_name", *RUN_ONLY_KEYS}
+    overrides = []
+    for o in hydra_cfg.overrides.task:
+        key = o.split("=", 1)[0].lstrip("+~")
+        if key not in skip and (swept is None or key in swept):
+            overrides.append(o)
+    return sanitize_name(",".join(sorted(overrides))) or name
+
+
+def swept_keys(hydra_cfg) -> set[str] | None:
+    """The keys a multirun sweeps over: those given several values on its command line (read
+    from the sweep's ``multirun.yaml``) and those of a sweeper's search space (e.g. Optuna's
+    ``hydra.sweeper.params``); None when the sweep's record cannot be read."""
+    keys = set((hydra_cfg.get("sweeper") or {}).get("params") or {})
+    record = Path(hydra_cfg.sweep.dir) / "multirun.yaml"
+    try:
+        task = OmegaConf.load(record).hydra.overrides.task
+    except Exception:  # another launcher's layout: name the folder from every override
+        return None
+    sweep_syntax = re.compile(r",|^(range|choice|interval|glob|tag|sort|shuffle)\(")
+    for o in task:
+        key, _, value = o.partition("=")
+        if sweep_syntax.search(value):
+            keys.add(key.lstrip("+~"))
+    return keys
+
+
+def is_sweep_trial() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if os.environ.get("WANDB_SWEEP_ID"):
+        return True
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def sanitize_name(text: str, limit: int = 120) -> str:
+    """A folder name from override text: path separators and odd characters become '_'; long
+    names keep a readable head and a hash of the whole."""
+    clean = re.sub(r"[^A-Za-z0-9._=,+-]", "_", text)
+    if len(clean) > limit:
+        digest = hashlib.sha256(text.encode()).hexdigest()[:10]
+        clean = f"{clean[: limit - 11]}-{digest}"
+    return clean
+
+
+def format_row(row: dict) -> str:
+    return ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "id")
+
+
+def _run_items(
+    config, exp_dir, folder, shard, device, forward_op, testset, algo, evaluator, counts
+) -> dict:
+    all_ids = [int(i) for i in testset.id_list]
+    k, n = shard
+    mine = all_ids[k - 1 :: n]
+    adopted = set(folder.claim(result_fingerprint, lambda i: remove_result(exp_dir, i)))
     # Written only once everything is built, so a failed set-up leaves no record behind.
     atomic_write_text(exp_dir / "config.yaml", OmegaConf.to_yaml(config, resolve=True))
-    ids = [int(i) for i in testset.id_list]
-    saved = {i for i in ids if result_path(exp_dir, i).is_file()}
-    if not config.inference and len(saved) < len(ids):
-        missing = [str(result_path(exp_dir, i)) for i in ids if i not in saved]
-        raise FileNotFoundError(
-            f"inference=false but {len(missing)} results are missing, "
-            f"e.g. {missing[0]}; run with inference=true"
-        )
-    if config.overwrite and config.inference:
-        saved = set()
-    todo = [k for k, i in enumerate(ids) if i not in saved]  # positions in the test set
-    if saved:
-        log.info(f"resuming: {len(saved)} of {len(ids)} items already solved")
+    if not config.inference:
+        missing = [i for i in all_ids if i not in adopted]
+        if missing:
+            raise FileNotFoundError(
+                f"inference=false but {len(missing)} of {len(all_ids)} results are missing in "
+                f"{exp_dir} (items {missing[:12]}); run with inference=true"
+            )
+    saved = set() if (config.overwrite and config.inference) else adopted
+    position = {i: p for p, i in enumerate(all_ids)}
+    todo = [position[i] for i in mine if i not in saved]  # positions in the test set
+    if saved & set(mine):
+        log.info(f"resuming: {len(saved & set(mine))} of {len(mine)} items already solved")
 
     rows: dict[int, dict] = {}
     metric_names: list[str] = []
@@ -226,9 +328,9 @@ def _run_items(config, exp_dir, device, forward_op, testset, algo, evaluator, co
             wandb.log({f"item/{k}": v for k, v in rows[item_id].items()})
 
     columns = lambda: ["id", *metric_names, *COMPUTE_COLUMNS]  # noqa: E731
-    ordered = lambda: [rows[i] for i in ids if i in rows]  # noqa: E731
-    bar = tqdm(total=len(ids), desc="items", disable=not config.progress, file=sys.stdout)
-    for item_id in ids:
+    ordered = lambda: [rows[i] for i in all_ids if i in rows]  # noqa: E731
+    bar = tqdm(total=len(mine), desc="items", disable=not config.progress, file=sys.stdout)
+    for item_id in mine:
         if item_id in saved:
             record(item_id)
             bar.update(1)
@@ -237,21 +339,37 @@ def _run_items(config, exp_dir, device, forward_op, testset, algo, evaluator, co
         for item_id, obs, recon, target, compute in solve_batch(
             config, forward_op, testset, algo, counts, batch, device
         ):
-            save_result(result_path(exp_dir, item_id), obs, recon, target, compute)
+            save_result(result_path(exp_dir, item_id), obs, recon, target, compute, folder.fp)
             record(item_id)
             bar.update(1)
-            log.debug(f"item {item_id}: {rows[item_id]}")
-        atomic_write_csv(exp_dir / "metrics.csv", ordered(), columns())
+            log.info(f"item {item_id}: {format_row(rows[item_id])}")
+        if n == 1:  # progress for people watching; shards write the merged file at the end
+            atomic_write_csv(exp_dir / "metrics.csv", ordered(), columns())
     bar.close()
 
-    summary = summarize(ordered(), [*metric_names, *COMPUTE_COLUMNS])
-    diverged = [r["id"] for r in ordered() if r.get("nonfinite", 0.0) > 0]
-    if diverged:
-        log.warning(f"{len(diverged)} of {len(rows)} items have non-finite samples: {diverged}")
-    atomic_write_csv(exp_dir / "metrics.csv", ordered(), columns())
-    atomic_write_json(
-        exp_dir / "summary.json", {"num_items": len(rows), "compat": config.compat, **summary}
-    )
+    with folder.locked():  # the last shard to finish (or the only run) writes the merged record
+        found = folder.result_fingerprints(result_fingerprint)
+        present = {i for i, f in found.items() if f == folder.fp}
+        waiting = [i for i in all_ids if i not in present]
+        if waiting:
+            log.info(
+                f"shard {k}/{n} done ({len(mine)} items); {len(waiting)} of {len(all_ids)} "
+                "items are still to come from other shards: the last one writes metrics.csv and "
+                "summary.json (or run again with inference=false)"
+            )
+            return summarize(ordered(), [*metric_names, *COMPUTE_COLUMNS])
+        for item_id in all_ids:
+            if item_id not in rows:
+                record(item_id)
+        summary = summarize(ordered(), [*metric_names, *COMPUTE_COLUMNS])
+        diverged = [r["id"] for r in ordered() if r.get("nonfinite", 0.0) > 0]
+        if diverged:
+            log.warning(f"{len(diverged)} of {len(rows)} items have non-finite samples: {diverged}")
+        atomic_write_csv(exp_dir / "metrics.csv", ordered(), columns())
+        atomic_write_json(
+            exp_dir / "summary.json",
+            {"num_items": len(rows), "compat": config.compat, "fingerprint": folder.fp, **summary},
+        )
     log.info(
         "\n"
         + summary_table(

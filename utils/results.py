@@ -30,6 +30,7 @@ RUN_ONLY_KEYS = (
     "tf32",
     "progress",
     "allow_pickle",
+    "shard",
 )
 
 
@@ -37,18 +38,37 @@ def result_path(exp_dir: Path, item_id: int) -> Path:
     return Path(exp_dir) / f"result_{item_id}.pt"
 
 
-def save_result(path, observation: Observation, recon, target, compute: dict) -> None:
+def save_result(
+    path, observation: Observation, recon, target, compute: dict, fingerprint: str | None = None
+) -> None:
+    """``fingerprint``: of the settings that made the result (utils/experiment.py)."""
     state = observation.state_dict()
-    atomic_torch_save(
-        {
-            "observation": state["y"],
-            "physics": state["physics"],
-            "recon": recon.detach().cpu(),
-            "target": target.detach().cpu(),
-            "compute": dict(compute),
-        },
-        path,
-    )
+    record = {
+        "observation": state["y"],
+        "physics": state["physics"],
+        "recon": recon.detach().cpu(),
+        "target": target.detach().cpu(),
+        "compute": dict(compute),
+    }
+    if fingerprint is not None:
+        record["fingerprint"] = fingerprint
+    atomic_torch_save(record, path)
+
+
+def result_fingerprint(path) -> str | None:
+    """The fingerprint a result was saved with (None: none recorded, or an unreadable file)."""
+    try:
+        res = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # a corrupt file is as good as no result: it is recomputed or refused
+        return None
+    return res.get("fingerprint") if isinstance(res, dict) else None
+
+
+def remove_result(exp_dir, item_id: int) -> None:
+    """Delete an item's result and the merged records that included it."""
+    for path in (result_path(exp_dir, item_id), Path(exp_dir) / "metrics.csv",
+                 Path(exp_dir) / "summary.json"):  # fmt: skip
+        path.unlink(missing_ok=True)
 
 
 def load_result(path) -> dict:
@@ -100,33 +120,11 @@ def summary_table(summary: dict[str, float], names: list[str], title: str) -> st
 def result_config(config) -> dict:
     """The part of the resolved config that determines the results."""
     cfg = OmegaConf.to_container(config, resolve=True)
-    for k in RUN_ONLY_KEYS:
+    for k in (*RUN_ONLY_KEYS, "exp_name"):  # the folder's name is not a setting of its results
         cfg.pop(k, None)
+    cfg.get("problem", {}).pop("exp_dir", None)
     # Which items are solved, and how they are scored, do not change any item's result: saved
     # results may be re-evaluated with other metric settings (inference=false).
     cfg.get("problem", {}).get("data", {}).pop("id_list", None)
     cfg.get("problem", {}).pop("evaluator", None)
     return cfg
-
-
-def check_same_experiment(exp_dir: Path, config) -> None:
-    """Refuse to mix results of different settings in one experiment folder."""
-    saved = Path(exp_dir) / "config.yaml"
-    if not saved.is_file() or config.overwrite:
-        return
-    old = result_config(OmegaConf.load(saved))
-    new = result_config(config)
-    if old != new:
-        diff = sorted(_diff_keys(old, new))
-        raise ValueError(
-            f"{exp_dir} holds results of a different configuration (differs at {diff[:8]}). "
-            "Use another exp_name=..., or overwrite=true to recompute everything."
-        )
-
-
-def _diff_keys(a, b, prefix=""):
-    if isinstance(a, dict) and isinstance(b, dict):
-        for k in set(a) | set(b):
-            yield from _diff_keys(a.get(k), b.get(k), f"{prefix}{k}.")
-    elif a != b:
-        yield prefix.rstrip(".")

@@ -1,0 +1,182 @@
+"""An experiment folder is a contract: every result in it was made by the same settings.
+
+* **Fingerprint.** ``fingerprint(settings, prior_path)`` hashes everything that makes a result:
+  the resolved config without run-only keys, the folder's name, the item list and the metric
+  settings (``utils.results.result_config``: none of those changes an item's result), plus the
+  SHA-256 of the prior checkpoint's bytes (a checkpoint replaced at the same path changes it).
+  Every ``result_<id>.pt`` records the fingerprint of the run that made it, ``experiment.json``
+  the folder's.
+* **Adoption.** A rerun adopts only results whose fingerprint is its own. A result of other settings
+  is *stale*: without ``overwrite`` the run is refused, naming the stale items; with ``overwrite``
+  every stale result in the folder is deleted (items outside this run's ``id_list`` included), so
+  no stale item is ever left behind.
+* **Locks** (``fcntl.flock``, released by the kernel when a process dies, so a killed run leaves
+  nothing stuck). ``.lock`` is held exclusively for the short decisions (claiming the folder,
+  merging the shards' metrics). ``.active`` is held *shared* by every run writing into the folder
+  for its whole duration: runs of the same settings (shards of one experiment) share the folder;
+  a run of other settings needs ``.active`` exclusively to take the folder over, so it is refused
+  while any run is writing there, and may proceed (with ``overwrite``) once none is.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from utils.io import atomic_write_json
+
+FOLDER_FILE = "experiment.json"
+
+
+def file_checksum(path) -> str | None:
+    """SHA-256 of a file's bytes (None when there is no file)."""
+    if path is None or not Path(path).is_file():
+        return None
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def fingerprint(settings: dict, prior_path=None) -> str:
+    """A short hash of the result-determining settings (a plain dict) and the prior's bytes."""
+    payload = json.dumps(
+        {"settings": settings, "prior_sha256": file_checksum(prior_path)},
+        sort_keys=True,
+        default=str,
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+class FolderBusy(RuntimeError):
+    """Another run with other settings is writing into the folder."""
+
+
+class StaleResults(ValueError):
+    """The folder holds results of other settings."""
+
+
+class ExperimentFolder:
+    """Claim ``exp_dir`` for a run whose results have fingerprint ``fp`` (use as a context
+    manager); ``describe`` is written to ``experiment.json`` for people (e.g. the overrides)."""
+
+    def __init__(self, exp_dir, fp: str, overwrite: bool = False, describe: dict | None = None):
+        self.dir = Path(exp_dir)
+        self.fp = fp
+        self.overwrite = bool(overwrite)
+        self.describe = describe or {}
+        self._active = None
+
+    # -- locks -------------------------------------------------------------------------------------
+    def _open(self, name):
+        return open(self.dir / name, "a+")
+
+    def locked(self, timeout: float = 600.0):
+        """The exclusive ``.lock`` for a short critical section (waits at most ``timeout``)."""
+        return _Flock(self.dir / ".lock", timeout)
+
+    # -- the contract -------------------------------------------------------------------------
+    def folder_fingerprint(self) -> str | None:
+        path = self.dir / FOLDER_FILE
+        if not path.is_file():
+            return None
+        try:
+            return json.loads(path.read_text()).get("fingerprint")
+        except (OSError, ValueError):
+            return None
+
+    def result_fingerprints(self, load_fp) -> dict[int, str | None]:
+        """``{item id: fingerprint}`` of every result file in the folder (``load_fp(path)`` reads
+        one result's fingerprint; None for results made before fingerprints existed)."""
+        out = {}
+        for path in self.dir.glob("result_*.pt"):
+            stem = path.stem.removeprefix("result_")
+            if stem.lstrip("-").isdigit():
+                out[int(stem)] = load_fp(path)
+        return out
+
+    def __enter__(self):
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._active = self._open(".active")
+        with self.locked():
+            if self.folder_fingerprint() not in (None, self.fp):
+                # Another experiment's folder: take it over only when nobody writes into it.
+                try:
+                    fcntl.flock(self._active, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    self._active.close()
+                    raise FolderBusy(
+                        f"{self.dir} is in use by a running experiment with other settings; "
+                        "use another exp_name=..., or wait until it has finished"
+                    ) from None
+            # Shared from here on: runs of the same settings (shards) write side by side.
+            fcntl.flock(self._active, fcntl.LOCK_SH)
+        return self
+
+    def claim(self, load_fp, remove) -> list[int]:
+        """Check the folder's results against this run's fingerprint, under ``.lock``. Stale
+        results are removed with ``overwrite`` (``remove(item_id)``), refused otherwise; returns
+        the ids of the results that may be adopted. Records the folder's fingerprint."""
+        with self.locked():
+            found = self.result_fingerprints(load_fp)
+            stale = sorted(i for i, f in found.items() if f != self.fp)
+            if stale and not self.overwrite:
+                raise StaleResults(
+                    f"{self.dir} holds results of other settings (or made before results "
+                    f"recorded their settings) for items {_ids(stale)}; use another exp_name=..., "
+                    "or overwrite=true to recompute them (stale results are then deleted)"
+                )
+            for i in stale:
+                remove(i)
+            atomic_write_json(
+                self.dir / FOLDER_FILE,
+                {"fingerprint": self.fp, "claimed": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                 "pid": os.getpid(), **self.describe},
+            )  # fmt: skip
+            return sorted(i for i, f in found.items() if f == self.fp)
+
+    def __exit__(self, *exc):
+        if self._active is not None:
+            self._active.close()  # releases the shared lock
+            self._active = None
+        return False
+
+
+class _Flock:
+    def __init__(self, path: Path, timeout: float):
+        self.path, self.timeout = path, timeout
+
+    def __enter__(self):
+        self.f = open(self.path, "a+")
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                fcntl.flock(self.f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return self
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    self.f.close()
+                    raise FolderBusy(
+                        f"{self.path} stayed locked for {self.timeout:.0f} s"
+                    ) from None
+                time.sleep(0.05)
+
+    def __exit__(self, *exc):
+        self.f.close()
+        return False
+
+
+def _ids(ids: list[int]) -> str:
+    return ", ".join(map(str, ids[:12])) + (f" and {len(ids) - 12} more" if len(ids) > 12 else "")
+
+
+def settings_of(config) -> dict:
+    """Plain dict of a DictConfig or dict."""
+    return OmegaConf.to_container(config, resolve=True) if OmegaConf.is_config(config) else config
