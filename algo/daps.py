@@ -42,6 +42,7 @@ from algo.diffpir import LinearGaussian
 from inverse_problems.base import Observation
 from utils.compat import check_compat
 from utils.diffusion import sample
+from utils.progress import report
 from utils.scheduler import Scheduler
 
 
@@ -177,4 +178,5 @@ class DAPS(Algo):
             )
             # 3. Forward diffusion to the next level.
             x = x0_y + float(sched.sigma_steps[k + 1]) * rng.randn_like(x0_y)
+            report(k, N)
         return x

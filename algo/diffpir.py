@@ -53,6 +53,7 @@ from algo.base import Algo, singular_values
 from inverse_problems.base import Observation, group_rows
 from utils.compat import check_compat
 from utils.diffusion import denoise_scaled
+from utils.progress import report
 from utils.scheduler import Scheduler
 
 
@@ -258,8 +259,10 @@ class DiffPIR(Algo):
             if self.linear:
                 x0_hat = self.solver.prox(x0, rho / 2, observation, data)
             else:
-                grad = self.forward_op.gradient(x0, observation).to(x.dtype)
-                x0_hat = x0 - grad / rho.reshape(view)
+                grad, loss = self.forward_op.gradient(x0, observation, return_loss=True)
+                x0_hat = x0 - grad.to(x.dtype) / rho.reshape(view)
+                # The reference logs sqrt of the misfit at the denoised x0 (gradient mode only).
+                report(i, sched.num_steps, data_fitting_loss=loss.sqrt())
             # Re-noise to the next level with a mix of fresh and estimated noise.
             s_next, sig_next = float(sched.scaling_steps[i + 1]), float(sched.sigma_steps[i + 1])
             noise = torch.zeros_like(x)
@@ -268,6 +271,8 @@ class DiffPIR(Algo):
             if self.xi < 1:
                 noise = noise + math.sqrt(1 - self.xi) * (x / s - x0_hat) / sig
             x = s_next * (x0_hat + sig_next * noise)
+            if self.linear:
+                report(i, sched.num_steps)
         bad = ~torch.isfinite(x.flatten(1)).all(1)
         if bool(bad.any()):
             items = sorted({int(r) // (R // observation.batch) for r in bad.nonzero().flatten()})

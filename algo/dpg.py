@@ -58,6 +58,7 @@ import torch
 from algo.base import Algo
 from utils.compat import check_compat
 from utils.diffusion import denoise_scaled, euler_step
+from utils.progress import report
 from utils.scheduler import Scheduler
 
 BETA2 = 0.9  # EMA factor of the reward temperature Z (reference: beta_2, fixed)
@@ -154,4 +155,5 @@ class DPG(Algo):
             noise = rng.randn_like(x) if self.sde else None
             guided = score.detach() + self.guidance_scale * direction
             x = euler_step(x.detach(), guided, sched, i, self.sde, noise)
+            report(i, n_steps, data_fitting_loss=loss_ref.sqrt())
         return x.detach()

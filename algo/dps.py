@@ -17,6 +17,7 @@ import torch
 from algo.base import Algo
 from utils.compat import check_compat
 from utils.diffusion import denoise_scaled, euler_step
+from utils.progress import report
 from utils.scheduler import Scheduler
 
 
@@ -57,4 +58,5 @@ class DPS(Algo):
             x_next = euler_step(x.detach(), score.detach(), sched, i, self.sde, noise)
             # Measurement guidance.
             x = x_next - self.guidance_scale * guidance / (2 * norm)
+            report(i, sched.num_steps, data_fitting_loss=loss.sqrt())
         return x.detach()

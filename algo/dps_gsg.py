@@ -47,6 +47,7 @@ import torch
 from algo.base import Algo
 from utils.compat import check_compat
 from utils.diffusion import denoise_scaled, euler_step
+from utils.progress import report
 from utils.scheduler import Scheduler
 
 
@@ -123,4 +124,5 @@ class DPS_GSG(Algo):
             x_next = euler_step(x.detach(), score.detach(), sched, i, self.sde, noise)
             # Measurement guidance.
             x = x_next - self.guidance_scale * guidance / (2 * norm)
+            report(i, sched.num_steps, data_fitting_loss=loss.sqrt())
         return x.detach()

@@ -20,9 +20,10 @@ Deviations from the reference code:
 * Every output row gets its own ``num_samples`` MC draws (from its random stream) and its own
   normalization. The reference draws one set of MC samples shared by the whole batch (it only
   works for num_samples == 1) and normalizes by the sum of the MC losses when ``batch_grad`` is set
-  but by their mean when it is not; here it is always the mean, so ``batch_grad=False`` (one MC
-  draw at a time, for operators without batched gradients or to bound memory) gives the same
-  result as ``batch_grad=True``.
+  (by their mean when it is not, a branch that crashes); ``compat=corrected`` always takes the
+  mean, ``compat=reference`` always the sum, so ``batch_grad=False`` (one MC draw at a time, for
+  operators without batched gradients or to bound memory) gives the same result as
+  ``batch_grad=True`` in either mode.
 * All randomness comes from the per-item streams (results do not depend on batching).
 
 ``compat=reference`` (utils/compat.py) normalizes by sqrt of the *sum* of the M losses, as the
@@ -41,6 +42,7 @@ import torch
 from algo.base import Algo
 from utils.compat import check_compat
 from utils.diffusion import denoise_scaled, euler_step
+from utils.progress import report
 from utils.scheduler import Scheduler
 
 
@@ -109,4 +111,6 @@ class LGD(Algo):
             x_next = euler_step(x.detach(), score.detach(), sched, i, self.sde, noise)
             # Measurement guidance.
             x = x_next - self.guidance_scale * guidance / (2 * norm)
+            # The reference logs sqrt of the normalizing loss (the sum of the M MC losses).
+            report(i, sched.num_steps, data_fitting_loss=loss.sqrt())
         return x.detach()

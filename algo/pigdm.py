@@ -58,6 +58,7 @@ import torch
 from algo.base import Algo, singular_values
 from inverse_problems.base import group_rows
 from utils.compat import check_compat
+from utils.progress import report
 from utils.scheduler import Scheduler
 
 SIGMA_Y_FLOOR = 1e-4
@@ -134,4 +135,5 @@ class PiGDM(Algo):
                 + self.eta * sigma_next * noise
                 + guidance
             )
+            report(i, sched.num_steps, data_fitting_loss=residual.flatten(2).square().sum(2).sqrt())
         return u.detach()

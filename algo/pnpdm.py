@@ -51,6 +51,7 @@ from algo.base import Algo
 from algo.daps import Langevin, check_finite, check_sigma_grid, grid_from, integrate_from
 from algo.diffpir import LinearGaussian
 from utils.compat import check_compat
+from utils.progress import report
 from utils.scheduler import Scheduler, partial_scheduler
 
 
@@ -137,4 +138,5 @@ class PnPDM(Algo):
             )
             # 2. Prior step: x ~ p(x | z), reverse SDE from noise level rho.
             x = integrate_from(self.net, z, self.prior_grids[rho], sde=True, rng=rng)
+            report(k, N)
         return x

@@ -46,6 +46,7 @@ import torch
 
 from algo.base import Algo
 from utils.compat import check_compat
+from utils.progress import report
 from utils.scheduler import Scheduler
 
 LAMBDA_SCHEDULES = {
@@ -97,7 +98,8 @@ class REDDiff(Algo):
                     u = float(self.scheduler.scaling_steps[i]) * u  # the reference's x_t
                 eps_hat = (u - self.net(u, torch.as_tensor(sigma, device=device))) / sigma
             # Data fit.
-            grad = self.forward_op.gradient(mu, observation)
+            grad, loss = self.forward_op.gradient(mu, observation, return_loss=True)
+            report(i, self.scheduler.num_steps, data_fitting_loss=loss.sqrt())
             mu = adam.step(
                 self.observation_weight * grad.to(mu.dtype)
                 + self.base_lambda * self.lambda_fn(sigma) * (eps_hat - eps)

@@ -42,6 +42,7 @@ import torch
 from algo.base import Algo
 from utils.compat import check_compat
 from utils.diffusion import denoise_scaled, euler_step
+from utils.progress import report
 from utils.scheduler import Scheduler
 
 
@@ -74,7 +75,7 @@ class SCG(Algo):
         return int(self.scheduler.num_steps * self.threshold)
 
     def _best_candidate(self, x, score, i, observation, rng):
-        """Best of K SDE proposals for step i -> i+1 per row: (x_next, its x0_hat)."""
+        """Best of K SDE proposals for step i -> i+1 per row: (x_next, its x0_hat, its loss)."""
         sched, rows, k = self.scheduler, x.shape[0], self.num_candidates
         best_loss = torch.full((rows,), float("inf"), dtype=torch.float64, device=x.device)
         best_x, best_x0 = torch.empty_like(x), torch.empty_like(x)
@@ -91,7 +92,7 @@ class SCG(Algo):
             best_x[better] = cand[pick][better]
             best_x0[better] = x0[pick][better]
             best_loss = torch.where(better, chunk_loss, best_loss)
-        return best_x, best_x0
+        return best_x, best_x0, best_loss
 
     @torch.no_grad()
     def inference(self, observation, num_samples=1, rng=None):
@@ -107,12 +108,16 @@ class SCG(Algo):
             else:
                 score = (x0 - x / s) / (sig**2 * s)
             if i == n_steps - 1:
+                report(i, n_steps)
                 return x0  # the reference's last step: the denoised estimate
             if i < first:
                 x = euler_step(x, score, sched, i, True, rng.randn_like(x))
                 x0 = None
+                report(i, n_steps)
             elif i == first and self.compat == "reference":
                 x, x0 = x0, None  # the reference's jump to x0_hat (bug §6.11)
+                report(i, n_steps)
             else:
-                x, x0 = self._best_candidate(x, score, i, observation, rng)
+                x, x0, loss = self._best_candidate(x, score, i, observation, rng)
+                report(i, n_steps, data_fitting_loss=loss.sqrt())
         return x  # unreachable for num_steps >= 1
