@@ -58,7 +58,7 @@ class EhtimRML(Algo):
         self.prior_fwhm = float(prior_fwhm_uas) * RADPERUAS
         self.maxit, self.rounds, self.blur = int(maxit), int(rounds), float(blur_uas) * RADPERUAS
 
-    def _obsdata(self, vis_jy: np.ndarray):
+    def _obsdata(self, vis_jy: np.ndarray, sigma_jy: np.ndarray):
         import ehtim as eh
         from ehtim.const_def import DTPOL_STOKES
 
@@ -69,17 +69,17 @@ class EhtimRML(Algo):
         table["t1"], table["t2"] = names[cov.t1], names[cov.t2]
         table["u"], table["v"], table["vis"] = cov.u, cov.v, vis_jy
         for k in ("sigma", "qsigma", "usigma", "vsigma"):
-            table[k] = cov.sigma
+            table[k] = sigma_jy
         tarr = eh.array.load_txt(self.op.array_file).tarr
         return eh.obsdata.Obsdata(
             src["ra"], src["dec"], src["rf"], src["bw"], table, tarr, source="M87",
             mjd=src["mjd"],
         )  # fmt: skip
 
-    def _image(self, vis_jy: np.ndarray, flux_jy: float) -> np.ndarray:
+    def _image(self, vis_jy: np.ndarray, sigma_jy: np.ndarray, flux_jy: float) -> np.ndarray:
         import ehtim as eh
 
-        obs = self._obsdata(vis_jy)
+        obs = self._obsdata(vis_jy, sigma_jy)
         n, psize = self.op.imsize, self.op.psize
         gauss = eh.image.make_square(obs, n, n * psize)
         gauss = gauss.add_gauss(flux_jy, (self.prior_fwhm, self.prior_fwhm, 0, 0, 0))
@@ -98,11 +98,15 @@ class EhtimRML(Algo):
         op = self.op
         vis = torch.view_as_complex(observation.physics["vis"].to(torch.float64).contiguous())
         flux = op.split(observation.y)[3].reshape(-1)
+        # the observation's visibility sigmas: the coverage's, or ehtim's gain-scaled ones
+        # (compat=reference, noise_type=eht)
+        sigma = observation.physics["sigma_amp"].to(torch.float64)
         images = []
         for b in range(observation.batch):
             vis_jy = vis[b].cpu().numpy() * op.flux_scale
+            sigma_jy = sigma[b].cpu().numpy() * op.flux_scale
             with contextlib.redirect_stdout(io.StringIO()):  # ehtim reports every iteration
-                img = self._image(vis_jy, float(flux[b]) * op.flux_scale)
+                img = self._image(vis_jy, sigma_jy, float(flux[b]) * op.flux_scale)
             images.append(torch.from_numpy(img / op.flux_scale)[None])
         x = op.normalize(torch.stack(images)).float().to(observation.y.device)
         return x.repeat_interleave(num_samples, 0)

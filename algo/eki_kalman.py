@@ -1,9 +1,11 @@
-"""Ensemble Kalman inversion (EKI): Iglesias, Law and Stuart, "Ensemble Kalman methods for inverse
-problems", Inverse Problems 29 (2013) 045001. No diffusion prior: the baseline of the
-Navier–Stokes problem, with a Gaussian-random-field initial ensemble.
+"""Classical ensemble Kalman inversion with perturbed observations (``algorithm=eki_kalman``):
+Iglesias, Law and Stuart, "Ensemble Kalman methods for inverse problems", Inverse Problems 29
+(2013) 045001. No diffusion prior. This is NOT InverseBench's EKI baseline (that one is
+``algorithm=eki``, algo/eki.py: normalised steps without a noise model); it is kept as the textbook
+method, which with ``mda=True`` samples the exact posterior of a linear-Gaussian problem.
 
-J particles per item, drawn from ``init`` (a distribution with ``sample(n, generator)``: the
-Gaussian random field by default, or the problem's exact prior). Each of ``num_updates``
+J particles per item, drawn from ``init`` (a distribution with ``sample(n, generator)``: a
+Matérn Gaussian random field by default, or the problem's exact prior). Each of ``num_updates``
 iterations applies the perturbed-observation Kalman update
 
     u_j <- u_j + C^{uG} (C^{GG} + Gamma)^{-1} (y + eta_j - G(u_j)),   eta_j ~ N(0, Gamma),
@@ -21,11 +23,9 @@ iterative regularization that keeps fitting the data (its ensemble collapses).
 
 The forward model is a black box: only ``forward`` is called, on all particles of all items in
 calls of at most ``batch_size`` rows. Returns ``num_samples`` ensemble members per item, or
-their mean (``estimate='mean'``).
-
-Deviations from the reference (algo/eki.py of InverseBench): its config cannot be instantiated
-(a ``use_wandb`` argument the class lacks) and defaults to CUDA; here the noise level, the
-initial field and the estimate are explicit parameters, and items are batched.
+their mean (``estimate='mean'``). The reference's key ``num_samples`` for the ensemble size is
+accepted as an alias of ``num_particles``. The method has no reference counterpart, so ``compat``
+changes nothing here (it is accepted so that every algorithm config can pass it).
 """
 
 from __future__ import annotations
@@ -34,9 +34,10 @@ import torch
 
 from algo.base import Algo, chunked_items
 from inverse_problems.base import group_rows
+from utils.compat import check_compat
 
 
-class EKI(Algo):
+class KalmanEKI(Algo):
     requires = frozenset()
 
     def __init__(
@@ -50,8 +51,13 @@ class EKI(Algo):
         mda: bool = False,
         batch_size: int | None = 512,
         estimate: str = "members",
+        num_samples: int | None = None,
+        compat: str = "corrected",
     ):
         super().__init__(net, forward_op)
+        self.compat = check_compat(compat, "KalmanEKI compat")
+        if num_samples is not None:  # the reference's name of the ensemble size
+            num_particles = num_samples
         if estimate not in ("members", "mean"):
             raise ValueError(f"estimate must be 'members' or 'mean', got {estimate!r}")
         self.init = init
@@ -113,7 +119,7 @@ class EKI(Algo):
         J = self.num_particles
         if self.estimate == "members" and num_samples > J:
             raise ValueError(
-                f"EKI returns ensemble members: num_samples={num_samples} exceeds "
+                f"KalmanEKI returns ensemble members: num_samples={num_samples} exceeds "
                 f"num_particles={J}; raise algorithm.method.num_particles"
             )
         rng = self.sample_rng(observation, J, rng)

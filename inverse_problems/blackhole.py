@@ -46,6 +46,7 @@ from inverse_problems.eht import (
     RADPERUAS,
     closure_sets,
     dft_matrix,
+    ehtim_closure_sets,
     read_uvfits,
     simulate_coverage,
 )
@@ -81,10 +82,16 @@ class BlackHoleImaging(BaseOperator):
         **_ignored,
     ):
         """``root``: a folder with the reference's ``obs.uvfits`` (uv coverage and sigmas) and
-        ``gt.fits`` (whose peak sets ``flux_scale``); without it the coverage is simulated with
-        ehtim from ``array_file`` (``coverage``: keyword arguments of
-        ``eht.simulate_coverage``). ``ttype`` is accepted for the reference's command lines: the
-        DFT here is always exact (no NFFT)."""
+        ``gt.fits`` (regridded to ``imsize`` pixels on its own field of view, as the reference
+        does: its field of view replaces ``fov_uas`` and its peak sets ``flux_scale``); without
+        it the coverage is simulated with ehtim from ``array_file`` (``coverage``: keyword
+        arguments of ``eht.simulate_coverage``). ``ttype`` is accepted for the reference's
+        command lines: the DFT here is always exact (no NFFT).
+
+        ``compat='reference'`` (InverseBench's numbers): ehtim's closure sets
+        (``eht.ehtim_closure_sets``) instead of the greedy best-conditioned ones, ehtim's
+        ``observe_same`` noise model for ``noise_type='eht'`` (``_ehtim_noise``) and unwrapped
+        noisy closure phases for ``gaussian``; see docs/deviations.md."""
         super().__init__(sigma_noise, unnorm_shift, unnorm_scale, device, compat=compat)
         if noise_type not in NOISE_TYPES:
             raise ValueError(f"noise_type must be one of {NOISE_TYPES}, got {noise_type!r}")
@@ -100,18 +107,20 @@ class BlackHoleImaging(BaseOperator):
         if root is not None:
             root = Path(root)
             cov = read_uvfits(root / "obs.uvfits")
-            flux_scale = self._fits_peak(root / "gt.fits")
+            flux_scale, self.psize = self._read_gt(root / "gt.fits", self.imsize)
         else:
             cov = simulate_coverage(array_file, **(coverage or {}))
         cov = cov.first_fraction(float(observation_time_ratio))
         self.coverage = cov
         self.flux_scale = float(flux_scale)
-        sets = closure_sets(cov)
+        sets = ehtim_closure_sets(cov) if self.compat == "reference" else closure_sets(cov)
         dev = self.device
         A = dft_matrix(cov.u, cov.v, self.imsize, self.psize)  # (m, P)
         # real GEMM: image (R, P) @ (P, 2m) -> [Re V, Im V]
         self.dft = torch.cat([A.real, A.imag], 0).T.contiguous().to(dev)
         self.sigma_vis = torch.as_tensor(cov.sigma / self.flux_scale, dtype=torch.float64).to(dev)
+        #: ehtim's recomputed thermal noise (from the SEFDs), for the reference's eht noise
+        self.sigma_thermal = torch.as_tensor(cov.thermal_sigma() / self.flux_scale).to(dev)
         self.cp_index = torch.as_tensor(sets.cp_index).to(dev)
         self.cp_sign = torch.as_tensor(sets.cp_sign, dtype=torch.float64).to(dev)
         self.ca_index = torch.as_tensor(sets.ca_index).to(dev)
@@ -126,12 +135,16 @@ class BlackHoleImaging(BaseOperator):
         self.sizes = (len(cov), len(sets.cp_index), len(sets.ca_index), 1)
 
     @staticmethod
-    def _fits_peak(path: Path) -> float:
+    def _read_gt(path: Path, imsize: int) -> tuple[float, float]:
+        """Peak (Jy per pixel) and pixel size (rad) of the ground truth regridded to ``imsize``
+        pixels on its own field of view (the reference's ``process_obs``)."""
         if not path.is_file():
             raise FileNotFoundError(f"ground-truth image {path} not found (root needs gt.fits)")
         import ehtim as eh
 
-        return float(np.max(eh.image.load_fits(str(path)).imvec))
+        im = eh.image.load_fits(str(path))
+        im = im.regrid_image(im.fovx(), imsize)
+        return float(np.max(im.imvec)), float(im.psize)
 
     # -- physics ---------------------------------------------------------------------------------
     def image(self, x: torch.Tensor) -> torch.Tensor:
@@ -165,10 +178,10 @@ class BlackHoleImaging(BaseOperator):
         """(amp, cp, lca, flux) views of packed measurements."""
         return torch.split(y, self.sizes, dim=-1)
 
-    def closure_sigmas(self, vis: torch.Tensor):
-        """sigma_cp (B, c) and sigma_lca (B, l) propagated from the visibility noise and the
-        observed amplitudes."""
-        rel = (self.sigma_vis / vis.abs()).square()
+    def closure_sigmas(self, vis: torch.Tensor, sigma: torch.Tensor | None = None):
+        """sigma_cp (B, c) and sigma_lca (B, l) propagated from the visibility noise ``sigma``
+        (default: the coverage's) and the observed amplitudes."""
+        rel = ((self.sigma_vis if sigma is None else sigma) / vis.abs()).square()
         sig_cp = rel[:, self.cp_index].sum(-1).sqrt()
         sig_lca = rel[:, self.ca_index].sum(-1).sqrt()
         return sig_cp, sig_lca
@@ -187,24 +200,72 @@ class BlackHoleImaging(BaseOperator):
                 noise = rng.randn(sum(self.sizes[:3]), dtype=torch.float64).to(x.device)
                 n_amp, n_cp, n_lca = torch.split(noise, self.sizes[:3], dim=1)
                 cp = cp + sig_cp * n_cp
-                y = torch.cat(
-                    [amp + sig * n_amp, torch.atan2(cp.sin(), cp.cos()),
-                     lca + sig_lca * n_lca, flux[:, None]], dim=1,
-                )  # fmt: skip
+                if self.compat == "corrected":  # the reference leaves them unwrapped
+                    cp = torch.atan2(cp.sin(), cp.cos())
+                y = torch.cat([amp + sig * n_amp, cp, lca + sig_lca * n_lca, flux[:, None]], dim=1)
+            elif self.noise_type == "eht" and self.compat == "reference":
+                vis, sig = self._ehtim_noise(img, rng)
+                flux = self._median_flux(vis, flux)
+                sig_cp, sig_lca = self.closure_sigmas(vis, sig)
+                y = self.measurements(vis, flux)
             else:
                 if self.noise_type == "eht":
                     vis = vis * self._station_gains(rng, B, x.device)
                 m = self.sizes[0]
                 noise = rng.randn(2 * m, dtype=torch.float64).to(x.device)
                 vis = vis + sig * torch.complex(noise[:, :m], noise[:, m:])
-                if self.noise_type == "eht" and len(self.flux_baseline):
-                    flux = vis[:, self.flux_baseline].abs().median(dim=1).values
+                if self.noise_type == "eht":
+                    flux = self._median_flux(vis, flux)
                 sig_cp, sig_lca = self.closure_sigmas(vis)
                 y = self.measurements(vis, flux)
         physics = {"sigma_amp": sig.clone(), "sigma_cp": sig_cp, "sigma_lca": sig_lca}
         if self.noise_type != "gaussian":  # the noisy visibilities, for visibility-based imagers
             physics["vis"] = torch.view_as_real(vis.contiguous())
         return Observation(y, physics)
+
+    def _median_flux(self, vis: torch.Tensor, flux: torch.Tensor) -> torch.Tensor:
+        """The reference's total-flux estimate: the median |V| on the ALMA-APEX baseline (the
+        mean of the two middle values for an even count, as numpy); ``flux`` without it."""
+        if not len(self.flux_baseline):
+            return flux
+        return torch.quantile(vis[:, self.flux_baseline].abs(), 0.5, dim=1)
+
+    def _ehtim_noise(self, img: torch.Tensor, rng):
+        """Noisy visibilities (B, m) and their sigmas (B, m) as ehtim's
+        ``Image.observe_same(obs, ampcal=False, phasecal=False)`` makes them
+        (``obs_simulate.add_noise``; InverseBench's ``eht`` noise), from the image clipped to
+        [0, 1] as the reference does. Per station s a constant gain offset c_s and per time
+        stamp t and station a gain g_ts (both N(0, 1), scaled by ``gain_std``: ehtim's
+        gain_offset = gainp = 0.1) and a phase u_ts ~ U(0, 1); per visibility thermal noise
+        n ~ CN with std ``sigma_thermal`` on each part (ehtim's recomputed SEFD noise):
+
+            G = sqrt(|(1 + 0.1 c_a)(1 + 0.1 g_ta)| |(1 + 0.1 c_b)(1 + 0.1 g_tb)|)
+            V' = (V + n) G exp(2 pi i (u_tb - u_ta)),   sigma' = sigma_thermal G.
+
+        ehtim seeds these draws from Python's (randomized) string hash of str(time.time()) and
+        numpy's global RNG, so the reference's draws cannot be reproduced; here they come from
+        the item's stream, in the order c (S), g (T, S), u (T, S), n (2m)."""
+        cov = self.coverage
+        B, dev = img.shape[0], img.device
+        vis = self.visibilities(None, img.clamp(0, 1))
+        times = np.unique(cov.time)
+        scan = torch.as_tensor(np.searchsorted(times, cov.time), device=dev)
+        t1 = torch.as_tensor(cov.t1, device=dev)
+        t2 = torch.as_tensor(cov.t2, device=dev)
+        S, T, m = len(cov.stations), len(times), self.sizes[0]
+        const = rng.randn(S, dtype=torch.float64).to(dev)
+        var = rng.randn(T, S, dtype=torch.float64).to(dev)
+        phase = rng.rand(T, S, dtype=torch.float64).to(dev)
+        noise = rng.randn(2 * m, dtype=torch.float64).to(dev)
+        rows = torch.arange(B, device=dev)[:, None]
+        g = self.gain_std
+        station = (1 + g * const[rows, t1]) * (1 + g * var[rows, scan, t1])
+        other = (1 + g * const[rows, t2]) * (1 + g * var[rows, scan, t2])
+        gain = (station.abs() * other.abs()).sqrt()
+        turn = 2 * math.pi * (phase[rows, scan, t2] - phase[rows, scan, t1])
+        sigma = self.sigma_thermal.expand(B, -1)
+        vis = (vis + sigma * torch.complex(noise[:, :m], noise[:, m:])) * gain
+        return vis * torch.polar(torch.ones_like(turn), turn), sigma * gain
 
     def _station_gains(self, rng, B: int, device) -> torch.Tensor:
         """(B, m) g_1 conj(g_2) for complex station gains drawn per item, station and scan."""

@@ -49,25 +49,46 @@ class UVCoverage:
     sigma: np.ndarray
     #: the observation's source and set-up (ra h, dec deg, rf Hz, bw Hz, mjd, tint s)
     source: dict = field(default_factory=dict)
+    #: integration time per visibility (s) and the stations' SEFDs (S, 2: R, L) in Jy, from
+    #: which ehtim recomputes the thermal noise when it simulates an observation
+    tint: np.ndarray | None = None
+    sefd: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.u)
 
     def first_fraction(self, ratio: float) -> UVCoverage:
         """The visibilities of the first ``ratio`` of the time stamps (the reference's
-        ``observation_time_ratio``)."""
+        ``observation_time_ratio``: the first int(ratio T) of T stamps, at least one)."""
         if not 0 < ratio <= 1:
             raise ValueError(f"observation_time_ratio must be in (0, 1], got {ratio}")
         times = np.unique(self.time)
-        keep = self.time <= times[max(math.ceil(ratio * len(times)) - 1, 0)]
+        keep = self.time <= times[max(int(len(times) * ratio), 1) - 1]
         return UVCoverage(
             self.stations,
             *(a[keep] for a in (self.time, self.t1, self.t2, self.u, self.v, self.sigma)),
             source=self.source,
+            tint=None if self.tint is None else self.tint[keep],
+            sefd=self.sefd,
         )
 
+    def thermal_sigma(self) -> np.ndarray:
+        """The Stokes I thermal noise ehtim's ``observe_same`` adds (``obs_simulate.add_noise``):
+        recomputed from the SEFDs, bandwidth and integration times as
+        0.5 sqrt(s_RR^2 + s_LL^2), s = sqrt(SEFD_1 SEFD_2 / (2 bw tint)) / 0.88 (2-bit
+        quantization), with ehtim's pairing (RR: R_1 R_2, LL: R_1 L_2); ``sigma`` itself where an
+        SEFD is unknown or not positive (as ehtim). This can differ from the file's ``sigma``
+        (by up to 4 % on the EHT 2017 coverage saved by ehtim)."""
+        if self.sefd is None or self.tint is None or np.any(self.sefd[:, 0] <= 0):
+            return self.sigma
+        bw = float(self.source["bw"])
+        r1, r2, l2 = self.sefd[self.t1, 0], self.sefd[self.t2, 0], self.sefd[self.t2, 1]
+        rr = np.sqrt(r1 * r2 / (2 * bw * self.tint)) / 0.88
+        ll = np.sqrt(r1 * l2 / (2 * bw * self.tint)) / 0.88
+        return 0.5 * np.sqrt(rr**2 + ll**2)
 
-_FIELDS = ("time", "t1", "t2", "u", "v", "sigma")
+
+_FIELDS = ("time", "t1", "t2", "u", "v", "sigma", "tint", "sefd")
 
 
 def _from_obsdata(obs) -> UVCoverage:
@@ -90,6 +111,8 @@ def _from_obsdata(obs) -> UVCoverage:
             "mjd": int(obs.mjd),
             "tint": float(np.median(d["tint"])),
         },
+        tint=np.asarray(d["tint"], dtype=np.float64),
+        sefd=np.stack([np.asarray(obs.tarr[k], dtype=np.float64) for k in ("sefdr", "sefdl")], 1),
     )
 
 
@@ -118,15 +141,17 @@ def simulate_coverage(
             f"station table {array_file} not found (the EHT 2017 tables ship in data/eht/)"
         )
     params = (ra, dec, rf, bw, tint, tadv, tstart, tstop, mjd, elevmin, elevmax)
-    stamp = repr(("coverage-v2", params)).encode()  # bump when the cached fields change
+    stamp = repr(("coverage-v3", params)).encode()  # bump when the cached fields change
     key = hashlib.sha256(array_file.read_bytes() + stamp).hexdigest()[:16]
     cache = user_cache_dir() / "eht" / f"coverage_{key}.pt"
     if cache.is_file():  # ehtim's import and track computation take seconds
         saved = torch.load(cache, weights_only=True)
         return UVCoverage(
             tuple(saved["stations"]),
-            *(saved[k].numpy() for k in _FIELDS),
+            *(saved[k].numpy() for k in _FIELDS[:6]),
             source=dict(saved["source"]),
+            tint=saved["tint"].numpy(),
+            sefd=saved["sefd"].numpy(),
         )
     import ehtim as eh
 
@@ -249,6 +274,54 @@ def closure_sets(cov: UVCoverage) -> ClosureSets:
         for idx, sgn in keep:
             ca_index.append(idx)
             ca_sign.append(sgn)
+
+    def arr(x, width):
+        return np.asarray(x, dtype=np.int64).reshape(-1, width)
+
+    return ClosureSets(arr(cp_index, 3), arr(cp_sign, 3), arr(ca_index, 4), arr(ca_sign, 4))
+
+
+def ehtim_closure_sets(cov: UVCoverage) -> ClosureSets:
+    """ehtim's minimal closure sets (``Obsdata.bispectra(count='min')`` and
+    ``Obsdata.c_amplitudes(count='min')``, ``obs_helpers.tri_minimal_set`` /
+    ``quad_minimal_set``), in ehtim's order, as InverseBench's ``BlackHoleImaging`` indexes them:
+    per time stamp (ascending), the stations present are taken in the array table's order and
+    the first is the reference station r;
+
+    * triangles (r, a, b) for the pairs a < b of the others, phase arg V_ra + arg V_ab + arg V_br;
+    * quadrangles (r, s_i, s_j, s_k) for i = 3 .. n-1, j = 1 .. i-1, k = 1 if j = i-1 else j+1,
+      log |V_r,si| + log |V_sj,sk| - log |V_r,sk| - log |V_si,sj| (ehtim's (12)(34)/(14)(23));
+
+    a closure whose baselines are not all present is skipped (so the sets are minimal only where
+    the reference station sees every other station), and time stamps with fewer than four
+    stations have no closure amplitudes. A baseline stored the other way round enters conjugated
+    (sign -1)."""
+    cp_index, cp_sign, ca_index, ca_sign = [], [], [], []
+    for t in np.unique(cov.time):
+        rows = np.flatnonzero(cov.time == t)
+        baseline = {}
+        for r in rows:
+            a, b = int(cov.t1[r]), int(cov.t2[r])
+            baseline[(a, b)] = (int(r), 1)
+            baseline[(b, a)] = (int(r), -1)
+        present = {int(cov.t1[r]) for r in rows} | {int(cov.t2[r]) for r in rows}
+        sites = [s for s in range(len(cov.stations)) if s in present]  # the table's order
+        ref = sites[0]
+        for a, b in itertools.combinations(sites[1:], 2):
+            pairs = ((ref, a), (a, b), (b, ref))
+            if all(p in baseline for p in pairs):
+                cp_index.append([baseline[p][0] for p in pairs])
+                cp_sign.append([baseline[p][1] for p in pairs])
+        if len(sites) < 4:
+            continue
+        for i in range(3, len(sites)):
+            for j in range(1, i):
+                k = 1 if j == i - 1 else j + 1
+                q = (ref, sites[i], sites[j], sites[k])
+                pairs = ((q[0], q[1]), (q[2], q[3]), (q[0], q[3]), (q[1], q[2]))
+                if all(p in baseline for p in pairs):
+                    ca_index.append([baseline[p][0] for p in pairs])
+                    ca_sign.append([1, 1, -1, -1])
 
     def arr(x, width):
         return np.asarray(x, dtype=np.int64).reshape(-1, width)

@@ -44,6 +44,7 @@ TINY = {
         f"{M}.batch_size=4",
     ],
     "eki": [f"{M}.num_particles=8", f"{M}.num_updates=2"],
+    "eki_kalman": [f"{M}.num_particles=8", f"{M}.num_updates=2"],
     "enkg": [f"{M}.num_particles=8", f"{M}.num_steps=4"],
     "fista_tv": [f"{M}.num_iters=3", f"{M}.tv_iters=2", f"{M}.power_iters=3"],
     "fps": [f"{M}.scheduler_config.num_steps=4", f"{M}.num_particles=4"],
