@@ -20,17 +20,18 @@ Deviations from the reference code:
 * Every output row gets its own ``num_samples`` MC draws (from its random stream) and its own
   normalization. The reference draws one set of MC samples shared by the whole batch (it only
   works for num_samples == 1) and normalizes by the sum of the MC losses when ``batch_grad`` is set
-  (by their mean when it is not, a branch that crashes); ``compat=corrected`` always takes the
-  mean, ``compat=reference`` always the sum, so ``batch_grad=False`` (one MC draw at a time, for
-  operators without batched gradients or to bound memory) gives the same result as
-  ``batch_grad=True`` in either mode.
+  but by their mean when it is not. ``compat=corrected`` always takes the mean, so
+  ``batch_grad=False`` (one MC draw at a time, for operators without batched gradients or to
+  bound memory) gives the same result as ``batch_grad=True``.
 * All randomness comes from the per-item streams (results do not depend on batching).
 
-``compat=reference`` (utils/compat.py) normalizes by sqrt of the *sum* of the M losses, as the
-reference's ``batch_grad=True`` does (its default and the only mode that runs: with
-``batch_grad=False`` it crashes on ``torch.sqrt`` of a numpy float), so its guidance is sqrt(M)
-times weaker than ``compat=corrected``'s mean -- for either ``batch_grad`` here. Everything else
-equals the reference to float rounding at batch 1.
+``compat=reference`` (utils/compat.py) keeps the reference's normalization: sqrt of the *sum* of
+the M losses with ``batch_grad=True`` (its default; guidance sqrt(M) times weaker than the mean's)
+and sqrt of their mean with ``batch_grad=False`` (what its code computes there before it crashes
+on ``torch.sqrt`` of a numpy float -- the crash stays fixed; its FWI sweep used this branch).
+Everything else equals the reference to float rounding at batch 1. The reported
+``data_fitting_loss`` is sqrt of the normalizing loss (the reference logs the last MC draw's in
+the ``batch_grad=False`` branch).
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ class LGD(Algo):
 
     def _mc_gradient(self, draws: torch.Tensor, observation):
         """Mean over the MC draws (rows, M, C, H, W) of the misfit gradient, and the mean of the
-        misfits (their sum with ``compat=reference``)."""
+        misfits (their sum with ``compat=reference`` and ``batch_grad``)."""
         rows, m = draws.shape[:2]
         if self.batch_grad:
             # Row r's draws become rows r*M ... r*M+M-1: still item-major for the operator.
@@ -88,7 +89,8 @@ class LGD(Algo):
                 g, l_j = self.forward_op.gradient(draws[:, j], observation, return_loss=True)
                 grad, loss = grad + g, loss + l_j
             grad = grad / m
-        return grad, (loss if self.compat == "reference" else loss / m)
+        summed = self.compat == "reference" and self.batch_grad
+        return grad, (loss if summed else loss / m)
 
     def inference(self, observation, num_samples=1, rng=None):
         rng = self.sample_rng(observation, num_samples, rng)

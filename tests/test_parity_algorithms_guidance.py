@@ -227,3 +227,17 @@ def test_lgd_reports_the_references_loss():
         sums[compat] = seen[0]
     # Same first step (same draws): sqrt(sum) = sqrt(M) sqrt(mean), M = 3.
     assert sums["reference"] == pytest.approx(np.sqrt(3) * sums["corrected"], rel=1e-6)
+
+
+def test_lgd_batch_grad_false_normalizes_by_the_mean_in_reference_mode():
+    """The reference's batch_grad=False branch divides by sqrt of the mean loss (then crashes on
+    torch.sqrt of a numpy float; the crash stays fixed): the same as corrected mode, and sqrt(M)
+    stronger than its batch_grad=True (0.17 relative difference on this fixture)."""
+    out = {}
+    for compat, batch_grad in (("reference", False), ("corrected", False), ("corrected", True)):
+        algo, obs, rng, ref, _ = _build("lgd", compat)
+        algo.batch_grad = batch_grad
+        out[compat, batch_grad] = algo.inference(obs, num_samples=1, rng=rng).numpy()
+    assert rel_err(out["reference", False], out["corrected", True]) < 1e-6
+    assert rel_err(out["corrected", False], out["corrected", True]) < 1e-6
+    assert rel_err(out["reference", False], ref) > 0.05
