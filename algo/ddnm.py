@@ -44,24 +44,38 @@ import math
 
 import torch
 
-from algo.base import Algo
+from algo.base import Algo, singular_values
 from algo.ddrm import spectral_observation
+from algo.spectral_reference import MASK_THRESHOLD, denoise, reference_sigma_noise
+from utils.compat import check_compat
 from utils.scheduler import Scheduler
 
 
 class DDNM(Algo):
     requires = frozenset({"linear", "svd"})
 
-    def __init__(self, net, forward_op, scheduler_config, eta: float = 0.85, L: int = 1):
+    def __init__(
+        self,
+        net,
+        forward_op,
+        scheduler_config,
+        eta: float = 0.85,
+        L: int = 1,
+        compat: str = "corrected",
+    ):
         super().__init__(net, forward_op)
+        self.compat = check_compat(compat, "DDNM compat")
         self.scheduler = Scheduler(**scheduler_config)
         self.eta = float(eta)
         self.L = int(L)
         if not 0 <= self.L < self.scheduler.num_steps:
             raise ValueError(f"L must be in [0, num_steps), got {L}")
 
+    @torch.no_grad()
     def inference(self, observation, num_samples=1, rng=None):
         rng = self.sample_rng(observation, num_samples, rng)
+        if self.compat == "reference":
+            return self.reference_samples(observation, num_samples, rng).to(torch.float32)
         ybar, noise, observed = spectral_observation(
             self.forward_op, observation, self.shape, num_samples
         )
@@ -102,3 +116,58 @@ class DDNM(Algo):
         eps_hat = (zbar - zbar0) / sigma
         eps = rng.randn(zbar.shape[1]).to(zbar.device, torch.float64)
         return zhat + gamma * (self.eta * eps + math.sqrt(1 - self.eta**2) * eps_hat)
+
+    @torch.no_grad()
+    def reference_samples(self, observation, num_samples, rng):
+        """The reference's DDNM+ (compat=reference), in image space: x0_hat = D + A^+(y - A D)
+        with the pseudo-inverse restricted to the mask M = S > 1e-3 and applied to *physical*
+        measurements (so the correction is unnorm_scale times the range-space error), one
+        lambda = min(1, sigma' / sigma_y) and gamma = sqrt(sigma'^2 - (lambda sigma_y)^2) from
+        the configured sigma_noise (floored at 1e-4, not divided by unnorm_scale), the DDIM step
+        x' = x0_hat + sqrt(1 - eta^2) sigma' / sigma (x - x0_hat) + eta gamma e on every pixel,
+        and time travel as the reference orders it: at step k >= 1 re-noise to sigma_{k-L}, then
+        L + 1 steps (its re-noising draw at k = 0 has zero weight but is drawn)."""
+        op, phys, sched = self.forward_op, observation.physics, self.scheduler
+        G = num_samples
+        sigmas = [float(v) for v in sched.sigma_steps]
+        scaling = [float(v) for v in sched.scaling_steps]
+        scale = float(op.unnorm_scale)
+        s = singular_values(op, observation)  # (B, m), our normalized units
+        mask = (s / scale > MASK_THRESHOLD).repeat_interleave(G, 0)
+        s_rows = s.repeat_interleave(G, 0)
+        y_rows = observation.y.repeat_interleave(G, 0)
+        sigma_y = reference_sigma_noise(op, observation).clamp_min(1e-4)
+        sigma_y = sigma_y.repeat_interleave(G, 0).reshape(-1, *[1] * len(self.shape))
+        d = math.prod(self.shape)
+
+        def correct(den):
+            """den + unnorm_scale V (M U^T (y - A den) / s): the reference's
+            A^+ y + (I - A^+ A) den with A^+ = V M S^-1 U^T of its physical A."""
+            resid = y_rows - op.forward(den, **phys).reshape(y_rows.shape).to(y_rows.dtype)
+            coef = op.Ut(resid.reshape(resid.shape[0], -1), **phys).to(torch.float64)
+            coef = torch.where(mask, coef / torch.where(mask, s_rows, 1.0), 0.0)
+            full = coef.new_zeros(coef.shape[0], d)
+            full[:, : coef.shape[1]] = coef
+            return den + scale * op.V(full, **phys).reshape(den.shape).to(torch.float64)
+
+        def draw():
+            return (
+                rng.randn(d, dtype=torch.float64).to(observation.y.device).reshape(-1, *self.shape)
+            )
+
+        x = draw() * float(sched.sigma_max)
+        for step in range(sched.num_steps):
+            L = min(self.L, step)
+            jump = math.sqrt(sigmas[step - L] ** 2 - sigmas[step] ** 2)
+            x = (x / scaling[step] + jump * draw()) * scaling[step - L]
+            for k in range(step - L, step + 1):
+                sigma, sigma_next = sigmas[k], sigmas[k + 1]
+                den = denoise(self.net, x / scaling[k], sigma, self.shape)
+                x0 = correct(den)
+                lam = (sigma_next / sigma_y).clamp_max(1.0)
+                gamma = (sigma_next**2 - (lam * sigma_y).square()).clamp_min(0).sqrt()
+                x0 = lam * x0 + (1 - lam) * den
+                keep = math.sqrt(1 - self.eta**2) * sigma_next / sigma
+                x = x0 + keep * (x - x0) + self.eta * gamma * draw()
+                x = x * scaling[k + 1]
+        return x

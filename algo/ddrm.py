@@ -35,6 +35,8 @@ import math
 import torch
 
 from algo.base import Algo, singular_values
+from algo.spectral_reference import denoise, reference_spectrum, to_image, to_spectral
+from utils.compat import check_compat
 from utils.scheduler import Scheduler
 
 
@@ -58,14 +60,26 @@ def spectral_observation(forward_op, observation, shape, num_samples):
 class DDRM(Algo):
     requires = frozenset({"linear", "svd"})
 
-    def __init__(self, net, forward_op, scheduler_config, eta: float = 0.85, eta_b: float = 1.0):
+    def __init__(
+        self,
+        net,
+        forward_op,
+        scheduler_config,
+        eta: float = 0.85,
+        eta_b: float = 1.0,
+        compat: str = "corrected",
+    ):
         super().__init__(net, forward_op)
+        self.compat = check_compat(compat, "DDRM compat")
         self.scheduler = Scheduler(**scheduler_config)
         self.eta = float(eta)
         self.eta_b = float(eta_b)
 
+    @torch.no_grad()
     def inference(self, observation, num_samples=1, rng=None):
         rng = self.sample_rng(observation, num_samples, rng)
+        if self.compat == "reference":
+            return self.reference_samples(observation, num_samples, rng).to(torch.float32)
         op, phys, sched = self.forward_op, observation.physics, self.scheduler
         device = observation.y.device
         ybar, noise, observed = spectral_observation(op, observation, self.shape, num_samples)
@@ -102,3 +116,52 @@ class DDRM(Algo):
             znext[:, :m] = torch.where(observed, obs_next, znext[:, :m])
             zbar = znext
         return op.V(zbar, **phys).reshape(-1, *self.shape).float()
+
+    @torch.no_grad()
+    def reference_samples(self, observation, num_samples, rng):
+        """The reference's DDRM (compat=reference): its thin basis and mask M = S > 1e-3,
+        sigma_y = sigma_noise / unnorm_scale for every item, three independent draws per step
+        (the unobserved update, each observed branch), and the noise-free shortcut
+        (sigma_y <= 1e-5: the below-noise branch is 0). A start below the observation's noise
+        (sigma_max < sigma_y / S), NaN in the reference, starts at the observation here."""
+        op, phys, sched = self.forward_op, observation.physics, self.scheduler
+        sp = reference_spectrum(op, observation, self.shape, num_samples)
+        M, S, n = sp.M, sp.S, sp.n
+        sigma_y = sp.sigma_noise / sp.scale  # (R, 1)
+        yt = sp.over_s(sp.yt)
+        var_y = sp.over_s(sp.over_s(sigma_y.square().expand_as(S)))  # M sigma_y^2 / S^2
+        sigmas = [float(v) for v in sched.sigma_steps]
+        sigma_max = float(sched.sigma_max)
+        keep = math.sqrt(1 - self.eta**2)
+
+        z = rng.randn(n, dtype=torch.float64).to(S.device, torch.float64)
+        start = (sigma_max**2 - var_y).clamp_min(0).sqrt()
+        x = M * (yt + z * start) + (1 - M) * z * sigma_max / float(sched.scaling_steps[0])
+        for i in range(sched.num_steps):
+            sigma, sigma_next = sigmas[i], sigmas[i + 1]
+            img = to_image(op, x, phys, self.shape, sp.d)
+            x0 = to_spectral(
+                op, denoise(self.net, img, sigma, self.shape), phys, n, len(self.shape)
+            )
+            unobserved = x0 + keep * sigma_next / sigma * (x - x0)
+            unobserved = unobserved + self.eta * sigma_next * rng.randn(n, dtype=torch.float64).to(
+                x
+            )
+            # Observed above the noise: S >= sigma_y / sigma' (false where S = 0).
+            above = (S >= sigma_y / sigma_next) & (S > 0)
+            # The reference forms mask * sigma_y^2 in float32 (a bool tensor times a float).
+            var_above = torch.where(above, sigma_y.square().float().double() / S.square(), 0.0)
+            spread = (sigma_next**2 - var_above).clamp_min(0).sqrt()
+            obs_above = (
+                x0 * (1 - self.eta_b)
+                + self.eta_b * yt
+                + spread * rng.randn(n, dtype=torch.float64).to(x)
+            )
+            noisy = sigma_y > 1e-5  # (R, 1); the reference tests its one scalar sigma_y
+            obs_below = torch.zeros_like(x)
+            if bool(noisy.any()):
+                pull = keep * sigma_next * S / torch.where(noisy, sigma_y, 1.0)
+                fresh = self.eta * sigma_next * rng.randn(n, dtype=torch.float64).to(x)
+                obs_below = torch.where(noisy, x0 + pull * (yt - x0) + fresh, 0.0)
+            x = M * torch.where(above, obs_above, obs_below) + (1 - M) * unobserved
+        return to_image(op, x, phys, self.shape, sp.d)

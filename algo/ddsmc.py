@@ -57,10 +57,13 @@ from algo.fps import (
     RESAMPLING,
     denoise_spectral,
     pick_one,
+    resample,
     reweight,
     spectral_observation,
     take,
 )
+from algo.spectral_reference import denoise, reference_spectrum, to_image, to_spectral
+from utils.compat import check_compat
 from utils.diffusion import sample
 from utils.scheduler import Scheduler
 
@@ -84,10 +87,14 @@ class DDSMC(Algo):
         verbose: bool = False,
         batch_size: int | None = None,
         ess_threshold: float = 1.0,
+        compat: str = "corrected",
     ):
         super().__init__(net, forward_op)
+        self.compat = check_compat(compat, "DDSMC compat")
         self.num_particles = int(smc_config["num_particles"])
-        self.resampling = str(smc_config.get("resampling", "multinomial"))
+        # ``resampling_method`` is the reference's key (configs/algorithm/ddsmc.yaml there).
+        method = smc_config.get("resampling", smc_config.get("resampling_method", "multinomial"))
+        self.resampling = str(method)
         if self.resampling not in RESAMPLING:
             raise ValueError(f"resampling must be one of {RESAMPLING}, got {self.resampling!r}")
         if eta < 0:
@@ -117,6 +124,8 @@ class DDSMC(Algo):
             for k, s in enumerate(sigma[:-1]):
                 if s > cfg.get("sigma_min", 0.01):
                     self.ode[k] = Scheduler(**{**cfg, "sigma_max": float(s)})
+        if self.compat == "reference" and recon_fn == "ode":
+            raise NotImplementedError("compat=reference reproduces DDSMC's Tweedie reconstruction")
         self.verbose = bool(verbose)
         self.batch_size = batch_size
         self.ess_threshold = float(ess_threshold)
@@ -137,6 +146,8 @@ class DDSMC(Algo):
     @torch.no_grad()
     def inference(self, observation, num_samples=1, rng=None):
         rng = self.sample_rng(observation, num_samples, rng)
+        if self.compat == "reference":
+            return self.reference_samples(observation, num_samples, rng).to(torch.float32)
         particle_rng = rng.expand(self.num_particles)
         dev, phys = observation.y.device, observation.physics
         B, G, P = observation.batch, num_samples, self.num_particles
@@ -196,3 +207,86 @@ class DDSMC(Algo):
         log_w = log_W + log_lik(u, 0.0, floor=SIGMA_Y_FLOOR**2) + carry
         x = self.forward_op.V(pick_one(u, log_w, rng), **phys)
         return x.reshape(B * G, *self.shape).to(torch.float32)
+
+    @torch.no_grad()
+    def reference_samples(self, observation, num_samples, rng):
+        """The reference's DDSMC (compat=reference; its PR #13), (rows, *shape) float64, from
+        one stream per sample (``rng``'s rows).
+
+        Its algorithm as written, in the reference's units: y' = U^T (y / unnorm_scale -
+        A(shift)) on the thin basis, but the likelihood's noise is the configured sigma_noise
+        itself (not divided by unnorm_scale); the particles start at V^T of image noise
+        sigma_max e (so the directions outside the thin basis are dropped); the last step to
+        sigma = 0 moves to the rho-posterior mean and weights the move as if it were the
+        target's; the final weight is N(y'; S x, sigma_noise^2) without a floor; a
+        negative proposal variance (NaN in the reference) is clamped to 0; resampling as
+        configured at every step, from ``rng``'s uniforms (multinomial by inverse CDF); the
+        final particle by its weights. rho_k comes from ``rho_scheduler_config`` as here."""
+        op, phys, sched = self.forward_op, observation.physics, self.annealing
+        P, N = self.num_particles, sched.num_steps
+        sp = reference_spectrum(op, observation, self.shape, num_samples)
+        obs, n = sp.M[:, None] > 0, sp.n  # (R, 1, n)
+        S, y = sp.S[:, None], sp.yt[:, None]
+        sy2 = sp.sigma_noise.square()[:, None]  # (R, 1, 1), physical units as the reference
+        sig = [float(v) for v in sched.sigma_steps]
+        rho = self.rho
+        eta = self.eta
+        dev = sp.S.device
+
+        def log_lik(x0, rho_k):
+            var = sy2 + rho_k**2 * S.square()
+            r2 = torch.where(obs, (S * x0 - y).square() / torch.where(obs, var, 1.0), 0.0)
+            return -0.5 * r2.sum(-1)
+
+        def uniforms():
+            if self.resampling == "systematic":
+                return rng.rand(1, dtype=F64).to(dev).expand(-1, P)
+            return rng.rand(P, dtype=F64).to(dev)
+
+        def pick(x, idx):
+            return torch.gather(x, 1, idx[..., None].expand(-1, -1, x.shape[-1]))
+
+        # sigma_max e is formed in float32, as in the reference (its draws are float32).
+        e = rng.randn(P, sp.d, dtype=F64).to(dev)
+        img = (e.float() * float(sched.sigma_max)).to(F64).reshape(-1, P, *self.shape)
+        x = to_spectral(op, img, phys, n, len(self.shape))
+        nd = len(self.shape)
+        x_prev = x0_prev = log_l_prev = log_r = None  # set by the first step
+        for k in range(N):
+            den = denoise(self.net, to_image(op, x, phys, self.shape, sp.d), sig[k], self.shape)
+            x0 = to_spectral(op, den, phys, n, nd)
+            log_l = log_lik(x0, rho[k])
+            if k == 0:
+                log_w = log_l
+            else:
+                # The target transition from step k - 1 to k, at the particles' new states.
+                a, delta = sig[k] ** 2, sig[k - 1] ** 2 - sig[k] ** 2
+                var_t = delta * a / (eta * a + delta)
+                mean_t = eta / (eta + delta / a) * x_prev + 1 / (eta * a / delta + 1) * x0_prev
+                log_q0 = -0.5 * ((x - mean_t).square() / var_t).sum(-1)
+                log_w = log_l + log_q0 - log_l_prev - log_r
+            log_w = log_w - torch.logsumexp(log_w, -1, keepdim=True)
+            idx = resample(log_w, uniforms(), self.resampling)
+            x0_prev, log_l_prev, x_prev = pick(x0, idx), torch.gather(log_l, 1, idx), pick(x, idx)
+            # Proposal: the decoupled transition conditioned on y' through x0 ~ N(x0_hat, rho^2).
+            a = sig[k + 1] ** 2
+            delta = sig[k] ** 2 - a
+            mf = delta / (eta * a + delta)
+            r2 = rho[k] ** 2
+            den_ = S.square() * r2 + sy2
+            m_inv = torch.where(obs, r2 * sy2 / den_, r2)
+            mu = torch.where(obs, r2 * S / den_ * y + sy2 / den_ * x0_prev, x0_prev)
+            mean = mf * mu + eta * a / (eta * a + delta) * x_prev
+            last = k == N - 1
+            diag = (
+                torch.zeros_like(m_inv) if last else (a * mf - (mf * rho[k]) ** 2) + mf**2 * m_inv
+            )
+            x = mean + diag.clamp_min(0).sqrt() * rng.randn(P, n, dtype=F64).to(dev)
+            if last:
+                log_r = torch.zeros_like(log_l)
+            else:
+                log_r = -0.5 * ((x - mean).square() / diag.expand_as(x)).sum(-1)
+        log_w = log_lik(x, 0.0) - log_l_prev - log_r
+        log_w = log_w - torch.logsumexp(log_w, -1, keepdim=True)
+        idx = resample(log_w, rng.rand(1, dtype=F64).to(dev))
+        return to_image(op, pick(x, idx)[:, 0], phys, self.shape, sp.d)

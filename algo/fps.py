@@ -55,6 +55,8 @@ import math
 import torch
 
 from algo.base import Algo, chunked, singular_values
+from algo.spectral_reference import denoise, reference_spectrum, to_image, to_spectral
+from utils.compat import check_compat
 from utils.scheduler import Scheduler
 
 F64 = torch.float64
@@ -151,8 +153,10 @@ class FPS(Algo):
         num_particles: int = 20,
         batch_size: int | None = None,
         ess_threshold: float = 1.0,
+        compat: str = "corrected",
     ):
         super().__init__(net, forward_op)
+        self.compat = check_compat(compat, "FPS compat")
         self.scheduler = Scheduler(**scheduler_config)
         if not 0 < eta <= 1:
             raise ValueError(f"eta must be in (0, 1], got {eta}")
@@ -164,6 +168,11 @@ class FPS(Algo):
     @torch.no_grad()
     def inference(self, observation, num_samples=1, rng=None):
         rng = self.sample_rng(observation, num_samples, rng)
+        if self.compat == "reference":
+            x = self.reference_particles(observation, num_samples, rng)
+            # After its last resampling the reference's particles are equally weighted: the
+            # first one is a draw from them (the reference returns all P of its one sample).
+            return x[:, 0].to(torch.float32)
         particle_rng = rng.expand(self.num_particles)
         dev, phys = observation.y.device, observation.physics
         B, G, P = observation.batch, num_samples, self.num_particles
@@ -211,3 +220,62 @@ class FPS(Algo):
         x = pick_one(u, log_W, rng)
         x = self.forward_op.V(x, **phys)
         return x.reshape(B * G, *self.shape).to(torch.float32)
+
+    @torch.no_grad()
+    def reference_particles(self, observation, num_samples, rng):
+        """The reference's FPS-SMC (compat=reference): all P particles of every sample,
+        (rows, P, *shape) float64, from one stream per sample (``rng``'s rows).
+
+        Its algorithm as written: the y-sequence starts at M z and runs the DDIM recursion
+        towards M U^T y' / S (stored scaled); the particles all start at the same z (the scaled
+        state); the prior mean x0 + c (x_k - x0) mixes the scaled state with the unscaled x0;
+        step k conditions on the y-sequence's level k (not k + 1); sigma_y = sigma_noise /
+        unnorm_scale floored at 1e-4, the same for every coordinate (not sigma_y / S); the
+        proposal is the Gaussian product in the scaled variable and the weight
+        p(y | x') p(x' | x) / q(x'), with the reference's mixed scaled/unscaled terms; multinomial
+        resampling at every step (from ``rng``'s uniforms by inverse CDF); the thin basis."""
+        op, phys, sched = self.forward_op, observation.physics, self.scheduler
+        P = self.num_particles
+        sp = reference_spectrum(op, observation, self.shape, num_samples)
+        M, n = sp.M[:, None], sp.n  # (R, 1, n)
+        sigma_y = (sp.sigma_noise / sp.scale).clamp_min(1e-4)[:, None]  # (R, 1, 1)
+        target = torch.where(sp.S > 0, sp.yt / torch.where(sp.S > 0, sp.S, 1.0), 0.0)
+        sig = [float(v) for v in sched.sigma_steps]
+        sc = [float(v) for v in sched.scaling_steps]
+        keep = math.sqrt(1 - self.eta**2)
+        dev = sp.S.device
+
+        def noise(*shape):
+            return rng.randn(*shape, dtype=F64).to(dev)
+
+        # sigma_max z is formed in float32, as in the reference (its draws are float32).
+        z = (noise(n).float() * float(sched.sigma_max)).to(F64)
+        y = M[:, 0] * z
+        ys = [y * sc[0]]
+        for k in range(sched.num_steps):
+            y = (
+                target
+                + keep * sig[k + 1] / sig[k] * (y - target)
+                + self.eta * sig[k + 1] * noise(n)
+            )
+            ys.append(y * sc[k + 1])
+        x = z[:, None].expand(-1, P, -1).clone()
+        for k in range(sched.num_steps):
+            sigma, sigma_next, s_next = sig[k], sig[k + 1], sc[k + 1]
+            img = to_image(op, x, phys, self.shape, sp.d) / sc[k]
+            x0 = to_spectral(
+                op, denoise(self.net, img, sigma, self.shape), phys, n, len(self.shape)
+            )
+            prior = x0 + keep * sigma_next / sigma * (x - x0)
+            tau2 = (self.eta * sigma_next) ** 2
+            obs_var = sigma_y.square() * s_next**2
+            var = 1.0 / (1.0 / tau2 + M / obs_var)
+            mean = var * (prior / tau2 + M * ys[k][:, None] / obs_var)
+            x = s_next * (noise(P, n) * var.sqrt() + mean)
+            log_y = -(ys[k][:, None] - M * x).square().sum(-1) / (2 * obs_var[..., 0])
+            log_x = -(prior - x).square().sum(-1) / (2 * tau2)
+            log_q = -((mean - x) / var.sqrt()).square().sum(-1) / 2
+            log_w = log_x + log_y - log_q
+            idx = resample(log_w - log_w.amax(-1, keepdim=True), rng.rand(P, dtype=F64))
+            x = torch.gather(x, 1, idx[..., None].expand(-1, -1, n))
+        return to_image(op, x, phys, self.shape, sp.d)

@@ -44,8 +44,18 @@ import math
 
 import torch
 
-from algo.base import Algo
-from algo.fps import F64, denoise_spectral, pick_one, reweight, spectral_observation, take
+from algo.base import Algo, chunked
+from algo.fps import (
+    F64,
+    denoise_spectral,
+    pick_one,
+    resample,
+    reweight,
+    spectral_observation,
+    take,
+)
+from algo.spectral_reference import denoise, reference_spectrum, to_image, to_spectral
+from utils.compat import check_compat
 from utils.scheduler import Scheduler
 
 TINY = 1e-300
@@ -62,8 +72,10 @@ class MCG_diff(Algo):
         num_particles: int = 64,
         batch_size: int | None = 128,
         ess_threshold: float = 1.0,
+        compat: str = "corrected",
     ):
         super().__init__(net, forward_op)
+        self.compat = check_compat(compat, "MCG_diff compat")
         self.scheduler = Scheduler(**scheduler_config)
         self.num_particles = int(num_particles)
         self.batch_size = batch_size
@@ -72,6 +84,11 @@ class MCG_diff(Algo):
     @torch.no_grad()
     def inference(self, observation, num_samples=1, rng=None):
         rng = self.sample_rng(observation, num_samples, rng)
+        if self.compat == "reference":
+            x = self.reference_particles(observation, num_samples, rng)
+            # After its last resampling the reference's particles are equally weighted: the
+            # first one is a draw from them (the reference returns all P of its one sample).
+            return x[:, 0].to(torch.float32)
         particle_rng = rng.expand(self.num_particles)
         dev, phys = observation.y.device, observation.physics
         B, G, P = observation.batch, num_samples, self.num_particles
@@ -137,6 +154,66 @@ class MCG_diff(Algo):
         x = pick_one(u, log_W, rng)
         x = self.forward_op.V(x, **phys)
         return x.reshape(B * G, *self.shape).to(torch.float32)
+
+    def _gain(self, k: int) -> float:
+        """The reference's K(k) = factor_k / (factor_k + sigma_k^2); 1 at the end of the grid."""
+        sched = self.scheduler
+        if k == sched.num_steps:
+            return 1.0
+        f = float(sched.factor_steps[k])
+        return f / (f + float(sched.sigma_steps[k]) ** 2)
+
+    @torch.no_grad()
+    def reference_particles(self, observation, num_samples, rng):
+        """The reference's MCG-Diff (compat=reference): all P particles of every sample,
+        (rows, P, *shape) float64, from one stream per sample (``rng``'s rows).
+
+        Its algorithm as written: an Euler-Maruyama kernel x' = s_f x + factor score (+
+        sqrt(factor) e off the mask); the observed coordinates pulled to M U^T y' / S with the
+        gain K(k + 1) = factor_{k+1} / (factor_{k+1} + sigma_{k+1}^2) of the *next* step and
+        noise sqrt(K) sigma', down to sigma_min whatever sigma_y (the noise-free algorithm);
+        weights exp(clamp(w - min w, max 60)) with w = -|M(y - x')|^2 / (2 (sigma'^2 + factor))
+        + |M(y - x)|^2 / (2 sigma^2); multinomial resampling at every step (from ``rng``'s
+        uniforms by inverse CDF); the start sigma_max z off the mask and sigma_max K(0) z on it;
+        the thin basis. The network runs in chunks of ``batch_size`` rows."""
+        op, phys, sched = self.forward_op, observation.physics, self.scheduler
+        P = self.num_particles
+        sp = reference_spectrum(op, observation, self.shape, num_samples)
+        M, n = sp.M[:, None], sp.n  # (R, 1, n)
+        target = sp.over_s(sp.yt)[:, None]
+        sig = [float(v) for v in sched.sigma_steps]
+        dev = sp.S.device
+
+        def noise():
+            return rng.randn(P, n, dtype=F64).to(dev)
+
+        # sigma_max z is formed in float32, as in the reference (its draws are float32).
+        z = noise()
+        smax_z = (z.float() * float(sched.sigma_max)).to(F64)
+        x = smax_z * (1 - M) + M * float(sched.sigma_max) * self._gain(0) * z
+        for k in range(sched.num_steps):
+            sigma, sigma_next = sig[k], sig[k + 1]
+            factor, s_f = float(sched.factor_steps[k]), float(sched.scaling_factor[k])
+            s_k = float(sched.scaling_steps[k])
+            img = to_image(op, x, phys, self.shape, sp.d) / s_k
+            den = chunked(
+                lambda part, sigma=sigma: denoise(self.net, part, sigma, self.shape),
+                img.flatten(0, 1),
+                self.batch_size,
+            )
+            den = to_spectral(op, den, phys, n, len(self.shape)).reshape(x.shape)
+            score = (den - x / s_k) / sigma**2 / s_k
+            x_next = x * s_f + factor * score
+            log_w = -(M * (target - x_next)).square().sum(-1) / (2 * (sigma_next**2 + factor))
+            log_w = log_w + (M * (target - x)).square().sum(-1) / (2 * sigma**2)
+            log_w = (log_w - log_w.amin(-1, keepdim=True)).clamp_max(60)
+            idx = resample(log_w, rng.rand(P, dtype=F64))
+            x_next = torch.gather(x_next, 1, idx[..., None].expand(-1, -1, n))
+            K = self._gain(k + 1)
+            masked = K * target + (1 - K) * x_next + math.sqrt(K) * sigma_next * noise()
+            unmasked = x_next + math.sqrt(factor) * noise()
+            x = M * masked + (1 - M) * unmasked
+        return to_image(op, x, phys, self.shape, sp.d)
 
 
 MCGDiff = MCG_diff
