@@ -30,7 +30,7 @@ from utils.compat import check_compat
 from utils.compute import CountingNet, CountingOperator, Counts, Stopwatch
 from utils.experiment import ExperimentFolder, fingerprint
 from utils.io import atomic_write_csv, atomic_write_json, atomic_write_text
-from utils.progress import reporting
+from utils.progress import as_float, reporting
 from utils.results import (
     COMPUTE_COLUMNS,
     RUN_ONLY_KEYS,
@@ -110,35 +110,44 @@ def build(config: DictConfig, device: torch.device):
     return forward_op, testset, algo, evaluator, counts
 
 
-def step_receiver(config, num_items: int):
+class StepReceiver:
     """What the algorithm's per-step ``report`` calls do (utils/progress.py): move a progress bar
-    nested under the per-item bar and, with wandb, log the scalars (e.g. ``data_fitting_loss``,
-    which the reference's sweep files optimise) against the step."""
-    state = {"bar": None}
+    nested under the per-item bar, log the scalars to wandb against the step (e.g.
+    ``data_fitting_loss``, which the reference's FWI and Navier-Stokes sweep files optimise), and
+    keep the last ones, whose per-item values go into the items' rows."""
 
-    def receive(step: int, total: int, scalars: dict) -> None:
-        bar = state["bar"]
-        if bar is None and config.progress:
-            bar = state["bar"] = tqdm(
-                total=total,
-                desc=f"steps ({num_items} items)",
-                leave=False,
-                position=1,
-                file=sys.stdout,
-            )
-        if bar is not None:
-            bar.update(step + 1 - bar.n)
-            if scalars:
-                bar.set_postfix({k: f"{v:.4g}" for k, v in scalars.items()}, refresh=False)
+    def __init__(self, config, num_items: int):
+        self.config, self.num_items = config, num_items
+        self.bar, self.last = None, {}
+
+    def __call__(self, step: int, total: int, scalars: dict) -> None:
+        self.last = dict(scalars)
+        values = {k: as_float(v) for k, v in scalars.items()}
+        if self.bar is None and self.config.progress:
+            desc = f"steps ({self.num_items} items)"
+            self.bar = tqdm(total=total, desc=desc, leave=False, position=1, file=sys.stdout)
+        if self.bar is not None:
+            self.bar.update(step + 1 - self.bar.n)
+            if values:
+                self.bar.set_postfix({k: f"{v:.4g}" for k, v in values.items()}, refresh=False)
             if step + 1 >= total:
-                bar.close()
-                state["bar"] = None
-        if config.wandb and scalars:
+                self.bar.close()
+                self.bar = None
+        if self.config.wandb and values:
             import wandb
 
-            wandb.log(scalars)
+            wandb.log(values)
 
-    return receive
+    def per_item(self, name: str, num_items: int) -> list[float] | None:
+        """The last reported ``name`` per item: a tensor with one value per row is averaged over
+        each item's rows (item-major); a single number applies to every item."""
+        if name not in self.last:
+            return None
+        value = self.last[name]
+        if torch.is_tensor(value) and value.numel() > 1 and value.numel() % num_items == 0:
+            rows = value.detach().to(torch.float64).reshape(num_items, -1)
+            return [float(r.mean()) for r in rows]
+        return [as_float(value)] * num_items
 
 
 def solve_batch(config, forward_op, testset, algo, counts, indices, device):
@@ -148,7 +157,8 @@ def solve_batch(config, forward_op, testset, algo, counts, indices, device):
     observation = forward_op(data, BatchRNG.for_items(config.seed, ids, OBSERVATION, device))
     rng = BatchRNG.for_items(config.seed, ids, ALGORITHM, device)
     counts.reset()
-    with Stopwatch(device) as watch, reporting(step_receiver(config, len(ids))):
+    receiver = StepReceiver(config, len(ids))
+    with Stopwatch(device) as watch, reporting(receiver):
         # oracle starts (data-fit baselines from a smoothed truth) get the normalized target
         extra = {"target": data["target"].to(device)} if getattr(algo, "uses_target", False) else {}
         recon = algo.inference(observation, num_samples=config.num_samples, rng=rng, **extra)
@@ -167,8 +177,10 @@ def solve_batch(config, forward_op, testset, algo, counts, indices, device):
     }
     recon = forward_op.unnormalize(recon.detach()).reshape(b, n, *recon.shape[1:])
     target = forward_op.unnormalize(data["target"].to(device))
+    fitting = receiver.per_item("data_fitting_loss", b)  # the reference's last logged value
     for j, item_id in enumerate(ids):
-        yield item_id, observation.item(j), recon[j], target[j : j + 1], compute
+        extra = {} if fitting is None else {"data_fitting_loss": fitting[j]}
+        yield item_id, observation.item(j), recon[j], target[j : j + 1], {**compute, **extra}
 
 
 def run(config: DictConfig) -> dict:
@@ -315,6 +327,8 @@ def _run_items(
         # The fraction of the item's samples with a NaN or inf: said loudly, never averaged away.
         bad = ~torch.isfinite(res["recon"].flatten(1)).all(1)
         values["nonfinite"] = float(bad.double().mean())
+        if "data_fitting_loss" in res.get("compute", {}):  # reported by the algorithm's last step
+            values["data_fitting_loss"] = res["compute"]["data_fitting_loss"]
         if bad.any():
             log.warning(
                 f"item {item_id}: {int(bad.sum())} of {bad.numel()} samples are not finite "
@@ -388,8 +402,18 @@ def _run_items(
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="config")
-def main(config: DictConfig) -> None:
-    run(config)
+def main(config: DictConfig) -> float | None:
+    """A run; with ``objective=<metric>`` it returns that metric's mean over the items, the value
+    Hydra sweepers (e.g. Optuna's) optimise."""
+    summary = run(config)
+    objective = config.get("objective")
+    if objective is None:
+        return None
+    if objective not in summary:
+        raise KeyError(
+            f"objective={objective!r} is not among this run's metrics: {sorted(summary)[:20]}"
+        )
+    return float(summary[objective])
 
 
 if __name__ == "__main__":

@@ -168,3 +168,16 @@ def test_multirun_over_algorithms(tmp_path):
     )  # fmt: skip
     for algo in ("dps", "uncond"):
         assert (tmp_path / algo / "default" / "summary.json").is_file()
+
+
+def test_a_grid_runs_in_parallel_with_the_local_launcher(tmp_path):
+    """main.py -m hydra/launcher=local (joblib, 2 processes): problem x 2 algorithms."""
+    _main(
+        ["-m", "hydra/launcher=local", "problem=gmm", "pretrain=gmm", "algorithm=dps,uncond",
+         "num_samples=8", "problem.data.id_list=0", "problem.evaluator.num_reference=500",
+         "problem.evaluator.num_projections=16", f"problem.exp_dir={tmp_path}",
+         f"hydra.sweep.dir={tmp_path}/multirun"],
+        tmp_path,
+    )  # fmt: skip
+    for algo in ("dps", "uncond"):
+        assert (tmp_path / algo / "default" / "summary.json").is_file()

@@ -1,12 +1,12 @@
 import torch
 
-from utils.progress import report, reporting
+from utils.progress import as_float, report, reporting
 
 
 def test_reports_reach_the_receiver_only_inside_the_block():
     seen = []
     report(0, 3, data_fitting_loss=1.0)  # no receiver: nothing happens
-    with reporting(lambda s, t, x: seen.append((s, t, x))):
+    with reporting(lambda s, t, x: seen.append((s, t, {k: as_float(v) for k, v in x.items()}))):
         report(1, 3, data_fitting_loss=torch.tensor([1.0, 3.0]))
         with reporting(lambda s, t, x: seen.append(("inner", s))):
             report(2, 3)
@@ -25,7 +25,7 @@ def test_data_fit_baselines_report_the_reference_data_fitting_loss():
     op, obs = toy_operator(arrays, "corrected"), toy_observation(arrays)
     algo = AdamL2(toy_net(arrays), op, num_steps=20, lr=0.1, init="constant")
     seen = []
-    with reporting(lambda s, t, x: seen.append((s, t, x["data_fitting_loss"]))):
+    with reporting(lambda s, t, x: seen.append((s, t, as_float(x["data_fitting_loss"])))):
         x = algo.inference(obs)
     assert [s for s, _, _ in seen] == list(range(20)) and {t for _, t, _ in seen} == {20}
     first = float(op.loss(torch.zeros_like(x), obs).sqrt())

@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import torch
 
-Receiver = Callable[[int, int, dict[str, float]], None]
+Receiver = Callable[[int, int, dict], None]
 _receiver: contextvars.ContextVar[Receiver | None] = contextvars.ContextVar(
     "inversebench_progress", default=None
 )
@@ -30,16 +30,17 @@ def as_float(value) -> float:
 
 
 def report(step: int, total: int, **scalars) -> None:
-    """Iteration ``step`` (0-based) of ``total`` is done; ``scalars``: numbers or tensors
-    (tensors are averaged over their entries, e.g. over the batch's rows)."""
+    """Iteration ``step`` (0-based) of ``total`` is done; ``scalars``: numbers, or tensors with
+    one value per row of the batch (receivers reduce them, e.g. with ``as_float``)."""
     receiver = _receiver.get()
     if receiver is not None:
-        receiver(int(step), int(total), {k: as_float(v) for k, v in scalars.items()})
+        receiver(int(step), int(total), scalars)
 
 
 @contextlib.contextmanager
 def reporting(receiver: Receiver):
-    """Send the ``report`` calls made inside the block to ``receiver(step, total, scalars)``."""
+    """Send the ``report`` calls made inside the block to ``receiver(step, total, scalars)``
+    (``scalars`` as given to ``report``)."""
     token = _receiver.set(receiver)
     try:
         yield

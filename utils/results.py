@@ -31,6 +31,7 @@ RUN_ONLY_KEYS = (
     "progress",
     "allow_pickle",
     "shard",
+    "objective",
 )
 
 
