@@ -22,7 +22,9 @@ Time travel (L > 0): after reaching grid point k (L <= k < N), re-noise to sigma
 x += sqrt(sigma_{k-L}^2 - sigma_k^2) e, and redo the L steps. Network evaluations:
 N + L (N - L); 199 for the reference's N = 100, L = 1.
 
-Deviations from the reference code:
+``compat``: ``reference`` runs the reference's own DDNM+ (``reference_samples``: image space,
+one lambda, its units and draw order; equal to it to 2e-12 on the parity fixtures); ``corrected``
+(the default) is the version above, which deviates from the reference code as follows:
 * Units: everything is in normalized units. y_lin = y - A(0) removes the operator's affine offset
   (the reference applies the pseudo-inverse to the unnormalized y and subtracts the unnormalized
   forward model from the normalized x: reference bug §6.14).

@@ -15,7 +15,9 @@ and draws (Eq. 8):
 
 then x = V xbar. One network evaluation per step (100 with the reference's grid).
 
-Deviations from the reference code:
+``compat``: ``reference`` runs the reference's own DDRM (``reference_samples``: its thin basis,
+units and draws; equal to it to 4e-15 on the parity fixtures); ``corrected`` (the default) is the
+version above, which deviates from the reference code as follows:
 * The full d x d basis V is used, so the null space of A is sampled (the reference's thin V drops
   it: reference bug §6.16).
 * sigma_y is the operator's per-item ``noise_std`` (the reference uses one sigma_noise /

@@ -28,7 +28,10 @@ particles (configs/tuned/gmm/ddsmc.yaml).
 Requires ``linear`` (the offset forward(0) is removed from y) and ``svd``. sigma_y is per item
 (``noise_std``); the final exact likelihood floors it at 1e-4 (only matters for noise-free data).
 
-Deviations from the reference code (PR #13, algo/ddsmc.py):
+``compat``: ``reference`` runs the reference's own DDSMC (``reference_samples``: its noise units,
+last step and thin basis; equal to it to 7e-15 on the parity fixtures; Tweedie reconstructions
+only); ``corrected`` (the default) is the sampler above, which deviates from the reference code
+(PR #13, algo/ddsmc.py) as follows:
 * a last step to sigma = 0 moves to x0_hat, the target transition's Dirac (the reference moves to
   the rho-posterior mean but weights the move as if it were the target's);
 * ``rho_scheduler_config`` may be omitted: then rho_k = sigma_k (the reference's default {} makes a
@@ -253,7 +256,8 @@ class DDSMC(Algo):
         nd = len(self.shape)
         x_prev = x0_prev = log_l_prev = log_r = None  # set by the first step
         for k in range(N):
-            den = denoise(self.net, to_image(op, x, phys, self.shape, sp.d), sig[k], self.shape)
+            img = to_image(op, x, phys, self.shape, sp.d)
+            den = denoise(self.net, img, sig[k], self.shape, self.batch_size)
             x0 = to_spectral(op, den, phys, n, nd)
             log_l = log_lik(x0, rho[k])
             if k == 0:

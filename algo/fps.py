@@ -22,7 +22,10 @@ Requires ``linear`` (the offset forward(0) is removed from y) and ``svd`` (U^T, 
 paper's method needs only a linear A, but its Gaussian proposals then need solves with
 A A^T + c I; the SVD makes them diagonal, as in the reference.
 
-Deviations from the reference code (algo/fps.py):
+``compat``: ``reference`` runs the reference's own FPS-SMC (``reference_particles``; equal to it to
+7e-15 on the parity fixtures; ``inference`` returns the first of its equally weighted final
+particles); ``corrected`` (the default) is the filter above, which deviates from the reference
+code (algo/fps.py) as follows:
 * the particle step k uses the y-sequence at the level it moves *to* (v_{k+1}); the reference
   conditions on the previous level's y (an off-by-one);
 * the observation noise of ybar_j is r_j = sigma_y / s_j per coordinate (the reference uses
@@ -264,7 +267,11 @@ class FPS(Algo):
             sigma, sigma_next, s_next = sig[k], sig[k + 1], sc[k + 1]
             img = to_image(op, x, phys, self.shape, sp.d) / sc[k]
             x0 = to_spectral(
-                op, denoise(self.net, img, sigma, self.shape), phys, n, len(self.shape)
+                op,
+                denoise(self.net, img, sigma, self.shape, self.batch_size),
+                phys,
+                n,
+                len(self.shape),
             )
             prior = x0 + keep * sigma_next / sigma * (x - x0)
             tau2 = (self.eta * sigma_next) ** 2

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
-from algo.base import singular_values
+from algo.base import chunked, singular_values
 
 F64 = torch.float64
 #: The reference's mask of significant singular values (physical units), S > 1e-3.
@@ -123,11 +123,12 @@ def to_spectral(forward_op, x: torch.Tensor, physics, n: int, ndim: int) -> torc
     return z.reshape(*lead, -1)[..., :n].to(F64)
 
 
-def denoise(net, x: torch.Tensor, sigma: float, shape) -> torch.Tensor:
+def denoise(net, x: torch.Tensor, sigma: float, shape, batch_size: int | None = None):
     """D(x; sigma) for images x (..., *shape), float64 in and out (the preconditioned networks
     cast to float32 themselves; an exact analytic prior computes in float64, as the reference's
-    spectral states are float64)."""
+    spectral states are float64), in chunks of ``batch_size`` rows (None: one call)."""
     lead = x.shape[: x.dim() - len(shape)]
     rows = x.reshape(-1, *shape).to(F64)
-    out = net(rows, torch.as_tensor(float(sigma), dtype=F64, device=rows.device))
+    sig = torch.as_tensor(float(sigma), dtype=F64, device=rows.device)
+    out = chunked(lambda part: net(part, sig), rows, batch_size)
     return out.reshape(*lead, *shape).to(F64)
