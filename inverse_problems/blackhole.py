@@ -31,6 +31,12 @@ noise uses numpy's unseeded global RNG):
 Loss (the reference's): 2 (w1 m chi2_amp + w2 c chi2_cp + w3 l chi2_lca + w4 chi2_flux) with
 chi2_cp = (2/c) sum (1 - cos(psi - psi_hat)) / sigma_cp^2, chi2_lca and chi2_amp the mean squared
 normalized residuals and chi2_flux = mean(((F_hat - F) / 2)^2).
+
+``compat='reference'`` gives InverseBench's numbers (tests/test_parity_blackhole.py): ehtim's
+minimal closure sets (a reference station per time stamp; ``eht.ehtim_closure_sets``) instead of
+the best-conditioned ones -- the diagonal chi^2 depends on the set, so the loss and chi2_logcamp
+differ between the modes -- ehtim's ``observe_same`` noise for ``eht`` (``_ehtim_noise``) and
+unwrapped noisy closure phases for ``gaussian`` (docs/deviations.md).
 """
 
 from __future__ import annotations

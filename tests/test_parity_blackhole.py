@@ -218,3 +218,37 @@ def test_reference_psnr_of_the_truth_is_finite_and_low():
     got = BlackHole(pixel_uas=2.5, compat="reference").evaluate(target, target)
     corrected = BlackHole(pixel_uas=2.5, compat="corrected").evaluate(target, target)
     assert 20 < got["psnr"] < 40 and corrected["psnr"] > 200
+
+
+def test_ehtim_closure_sets_are_ehtims_on_a_simulated_coverage():
+    """Without root (coverage simulated from the station table) the reference-mode sets are
+    still ehtim's own: the stations of each closure equal ``Obsdata.bispectra(count='min')`` and
+    ``c_amplitudes(count='min')``, in order."""
+    import ehtim as eh
+
+    from inverse_problems.eht import ehtim_closure_sets, simulate_coverage
+
+    array = FIXTURES.parents[2] / "data" / "eht" / "EHT2017_m87.txt"
+    cov = simulate_coverage(array)
+    arr = eh.array.load_txt(str(array))
+    obs = arr.obsdata(12.513728717, 12.39112324, 230e9, 2e9, 60, 600, 0, 24, mjd=57849)
+    sets = ehtim_closure_sets(cov)
+    names = np.asarray(cov.stations)
+    with np.errstate(all="ignore"):
+        bis, camp = obs.bispectra(count="min"), obs.c_amplitudes(count="min")
+
+    def oriented(index, sign):  # (from, to) station names of each baseline
+        a, b = names[cov.t1[index]], names[cov.t2[index]]
+        return np.where(sign > 0, a, b), np.where(sign > 0, b, a)
+
+    tri = np.stack([oriented(sets.cp_index[:, j], sets.cp_sign[:, j])[0] for j in range(3)], 1)
+    np.testing.assert_array_equal(tri, np.stack([bis[k] for k in ("t1", "t2", "t3")], 1))
+    np.testing.assert_array_equal(cov.time[sets.cp_index[:, 0]], bis["time"])
+    ends = [{str(names[cov.t1[r]]), str(names[cov.t2[r]])} for r in sets.ca_index.ravel()]
+    quads = []
+    for b12, b34, b14, _ in zip(*[iter(ends)] * 4):  # (12)(34)/(14)(23)
+        (t1,) = b12 & b14
+        quads.append((t1, *(b12 - {t1}), *(b34 - (b14 - {t1})), *(b14 - {t1})))
+    theirs = [tuple(str(q[k]) for k in ("t1", "t2", "t3", "t4")) for q in camp]
+    assert quads == theirs
+    assert len(sets.cp_index) == len(bis) and len(sets.ca_index) == len(camp)
