@@ -129,6 +129,7 @@ class AcousticWave(BaseOperator):
             receivers=receivers,
             space_order=int(space_order),
             free_surface=bool(fs),
+            compat=self.compat,
         )
         # leapfrog + 2k-th order centred differences: v dt sqrt(sum 1/h^2) <= 2 / sqrt(sum|c|)
         self.max_velocity = _stable_velocity(self.survey)
@@ -235,8 +236,21 @@ class AcousticWave(BaseOperator):
         out = np.concatenate(parts).reshape(vp.shape[0], self.survey.nshots, *parts[0].shape[1:])
         return torch.from_numpy(out).to(self.device)
 
+    @property
+    def loss_factor(self) -> float:
+        """``loss`` per squared misfit ||A(x) - y||^2: 1 (corrected, the harness's convention),
+        or 1/2 (reference: its FWI loss and gradient are of 1/2 ||A(x) - y||^2, while every other
+        problem's are of ||A(x) - y||^2; its algorithms see the halved values)."""
+        return 0.5 if self.compat == "reference" else 1.0
+
+    def loss(self, x: torch.Tensor, observation: Observation) -> torch.Tensor:
+        """``loss_factor`` ||A(x) - y||^2 per row (``loss_m``, EnKG's, stays unscaled in both
+        modes, as in the reference)."""
+        return self.loss_factor * super().loss(x, observation)
+
     def gradient(self, x: torch.Tensor, observation: Observation, return_loss: bool = False):
-        """d loss / d x per row by the adjoint-state method; loss = ||A(x) - y||^2 per row."""
+        """d loss / d x per row by the adjoint-state method; loss = ``loss_factor``
+        ||A(x) - y||^2 per row."""
         vp, inside = self.velocity(x, inside=True)
         rows = vp.shape[0]
         n = rows_per_item(x, observation.batch)
@@ -251,10 +265,12 @@ class AcousticWave(BaseOperator):
             grad_v[j // len(groups)] += g
         if inside is not None:  # the clamp's derivative
             grad_v *= inside
-        # loss = 2 * misfit; dv/dx = unnorm_scale; (R, nx, nz) -> (R, 1, nz, nx)
-        grad = torch.from_numpy(2.0 * self.unnorm_scale * grad_v).transpose(1, 2).unsqueeze(1)
+        # misfit = 1/2 ||A(x) - y||^2, loss = 2 loss_factor misfit; dv/dx = unnorm_scale;
+        # (R, nx, nz) -> (R, 1, nz, nx)
+        scale = 2.0 * self.loss_factor
+        grad = torch.from_numpy(scale * self.unnorm_scale * grad_v).transpose(1, 2).unsqueeze(1)
         grad = grad.to(device=x.device, dtype=x.dtype).contiguous()
-        loss = torch.from_numpy(2.0 * misfit).to(x.device)
+        loss = torch.from_numpy(scale * misfit).to(x.device)
         return (grad, loss) if return_loss else grad
 
 

@@ -50,9 +50,22 @@ class Survey:
     free_surface: bool = True
     reflection: float = 1e-3  # target amplitude reflection of the sponge (normal incidence)
     damp_velocity: float = 3.0  # km/s the sponge is tuned for (fixed: eta must not depend on v)
+    compat: str = "corrected"  # "reference": InverseBench's frame, sponge and time quirks
+
+    def __post_init__(self):
+        if self.compat not in ("reference", "corrected"):
+            raise ValueError(f"Survey compat={self.compat!r}: use 'reference' or 'corrected'")
+
+    @property
+    def reference(self) -> bool:
+        return self.compat == "reference"
 
     @property
     def nt(self) -> int:
+        """Samples per trace, t = 0, dt, ..., tn. The reference's count (Devito's ``TimeAxis``:
+        ceil((tn + dt) / dt)) is the same for every tn that is a multiple of dt."""
+        if self.reference:
+            return math.ceil((self.tn + self.dt) / self.dt)
         return round(self.tn / self.dt) + 1
 
     @property
@@ -74,17 +87,31 @@ class Survey:
         a = (math.pi * self.f0 * t) ** 2
         return ((1.0 - 2.0 * a) * np.exp(-a)).astype(np.float32)
 
+    #: The reference's velocity in every absorbing cell, km/s: it builds Devito's ``Model`` from
+    #: a model of ones and afterwards writes only the physical cells.
+    REFERENCE_FRAME_VELOCITY = 1.0
+
     def pad(self, field: np.ndarray) -> np.ndarray:
-        """Extend a physical (nx, nz) field into the padding by edge replication."""
+        """Extend a physical (nx, nz) field into the padding: by edge replication (corrected),
+        or with ``REFERENCE_FRAME_VELOCITY`` whatever the model (reference). Image rows above a
+        free surface take either; the mirror overwrites the wavefield there."""
         nbl = self.nbl
-        return np.pad(field, ((nbl, nbl), (self.top, nbl)), mode="edge")
+        widths = ((nbl, nbl), (self.top, nbl))
+        if self.reference:
+            return np.pad(
+                field, widths, mode="constant", constant_values=self.REFERENCE_FRAME_VELOCITY
+            )
+        return np.pad(field, widths, mode="edge")
 
     def unpad_adjoint(self, padded: np.ndarray) -> np.ndarray:
-        """The transpose of ``pad``: each padding cell's value added to the edge cell it copies.
-        Image rows above a free surface are dropped (the mirror overwrites them, so the model
-        there has no effect)."""
+        """The transpose of ``pad``: each padding cell's value added to the edge cell it copies
+        (corrected), or the physical cells alone (reference: the frame does not depend on the
+        model). Image rows above a free surface are dropped (the mirror overwrites them, so the
+        model there has no effect)."""
         nx, nz = self.shape
         nxp, nzp = self.padded_shape
+        if self.reference:
+            return np.array(padded[self.nbl : self.nbl + nx, self.top : self.top + nz], np.float64)
         padded = np.array(padded, np.float64, copy=True)
         if self.free_surface:
             padded[:, : self.top] = 0.0
@@ -95,6 +122,67 @@ class Survey:
         return out
 
     def damping(self) -> np.ndarray:
+        """Sponge coefficient on the padded grid (``corrected_damping`` or
+        ``reference_damping``)."""
+        return self.reference_damping() if self.reference else self.corrected_damping()
+
+    def reference_damping(self) -> np.ndarray:
+        """The reference's sponge: Devito's ``examples.seismic`` ``Model(bcs='damp')`` profile, in
+        every padding cell k = 1 ... nbl counted from the inner edge of a layer (nbl + 1 at the
+        outer edge), summed over the axes:
+        eta = 1.5 ln(1000) / nbl (p - sin(2 pi p) / (2 pi)) / h,  p = (k + 1) / nbl,
+        h the spacing in m along the axis (so eta is in 1/m, used as a 1/ms rate: the reference's
+        term is eta u_t, not m eta u_t; see ``coefficients``). No layer above a free surface."""
+        nx, nz = self.shape
+        dx, dz = self.spacing
+        nbl, top = self.nbl, self.top
+        eta = np.zeros(self.padded_shape, np.float64)
+        if not nbl:
+            return eta.astype(np.float32)
+        coeff = 1.5 * math.log(1.0 / 0.001) / nbl
+
+        def ramp(k):  # k = distance from the inner edge, 1 ... nbl
+            p = (k + 1.0) / nbl
+            return coeff * (p - np.sin(2.0 * np.pi * p) / (2.0 * np.pi))
+
+        ix = np.arange(nx + 2 * nbl)
+        kx = np.maximum(nbl - ix, 0) + np.maximum(ix - (nx + nbl - 1), 0)
+        eta += np.where(kx > 0, ramp(kx), 0.0)[:, None] / dx
+        iz = np.arange(nz + top + nbl)
+        kz = np.maximum(iz - (top + nz - 1), 0)
+        if not self.free_surface:
+            kz = kz + np.maximum(top - iz, 0)
+        eta += np.where(kz > 0, ramp(kz), 0.0)[None, :] / dz
+        return eta.astype(np.float32)
+
+    def coefficients(self, vpad: np.ndarray):
+        """Per-cell leapfrog coefficients (c1, c2, c3) of u+ = c1 u + c2 u- + c3 (Laplace(u) + q)
+        for the padded velocity ``vpad`` (km/s), float64.
+
+        corrected: m u_tt + m eta u_t - Laplace(u) = q with a centred u_t:
+        c1 = 2 / a, c2 = -(2 - a) / a, c3 = dt^2 v^2 / a, a = 1 + eta dt / 2.
+        reference: m u_tt + eta u_t - Laplace(u) = q with Devito's forward difference
+        u_t = (u+ - u) / dt (what ``examples.seismic.acoustic`` builds for time order 2):
+        c1 = (2 + b) / (1 + b), c2 = -1 / (1 + b), c3 = dt^2 v^2 / (1 + b), b = eta v^2 dt.
+        The adjoint runs the same update backward in time (the transpose of either scheme)."""
+        dt = self.dt
+        eta = self.damping().astype(np.float64)
+        v2 = np.asarray(vpad, np.float64) ** 2
+        if self.reference:
+            b = eta * v2 * dt
+            return (2.0 + b) / (1.0 + b), -1.0 / (1.0 + b), dt**2 * v2 / (1.0 + b)
+        a = 1.0 + 0.5 * dt * eta
+        return 2.0 / a, -(2.0 - a) / a, dt**2 * v2 / a
+
+    def gradient_damping(self) -> np.ndarray:
+        """The sponge term of the imaging condition dJ/dm = -sum_n u^n (D_tt v - eta D_t v)^n: the
+        sponge's eta (corrected: the sponge term m eta u_t depends on m), or zero (reference:
+        its gradient is -sum u D_tt v, and its sponge term eta u_t does not depend on m)."""
+        if self.reference:
+            return np.zeros(self.padded_shape, np.float32)
+        return self.corrected_damping()
+
+    def corrected_damping(self) -> np.ndarray:
         """Sponge coefficient eta (1/ms) on the padded grid: quadratic ramps whose round-trip
         attenuation exp(-int eta dt / 2) is ``reflection`` at normal incidence for waves of
         ``damp_velocity``. It does not depend on the model, so the gradient has no term from it."""
@@ -168,8 +256,9 @@ class ShotSolver:
         self.grid = grid = dv.Grid(shape=(nxp, nzp), extent=extent, origin=origin, dtype=np.float32)
         so = s.space_order
         # The leapfrog update u+ = c1 u + c2 u- + c3 (Laplace(u) + q), with per-cell coefficients
-        # set from the model in numpy (no division per point and step in the kernels):
-        # c1 = 2 / a, c2 = -(1 - eta dt / 2) / a, c3 = dt^2 v^2 / a, a = 1 + eta dt / 2.
+        # set from the model in numpy (no division per point and step in the kernels; the
+        # sponge's form depends on the survey's compat: Survey.coefficients). ``eta`` is the
+        # sponge term of the imaging condition (Survey.gradient_damping).
         self.c1 = dv.Function(name="c1", grid=grid, space_order=0)
         self.c2 = dv.Function(name="c2", grid=grid, space_order=0)
         self.c3 = dv.Function(name="c3", grid=grid, space_order=so)  # read at sources too
@@ -183,11 +272,11 @@ class ShotSolver:
         self.rec = dv.SparseTimeFunction(name="rec", grid=grid, npoint=nrec, nt=nt)
         self.rec.coordinates.data[:] = np.asarray(s.receivers, np.float32)
         self.src.data[1 : s.nt + 1, 0] = self.wavelet
-        eta = s.damping()
-        self.eta.data[:] = eta
-        self._a = 1.0 + 0.5 * s.dt * eta.astype(np.float64)
-        self.c1.data[:] = 2.0 / self._a
-        self.c2.data[:] = -(2.0 - self._a) / self._a
+        if s.reference:
+            # Devito's default time range for the reference's operators starts at step 1: the
+            # wavelet's first sample (t = 0) is never injected
+            self.src.data[1, 0] = 0.0
+        self.eta.data[:] = s.gradient_damping()
         self._ops = {}
         self._fields = {}
         self._dv = dv
@@ -274,8 +363,10 @@ class ShotSolver:
             raise ValueError(f"velocity model has shape {vp.shape}, the survey expects {s.shape}")
         if not np.all(np.isfinite(vp)) or vp.min() <= 0:
             raise ValueError("velocity model must be finite and positive (km/s)")
-        vpad = s.pad(vp)
-        self.c3.data[:] = s.dt**2 * vpad.astype(np.float64) ** 2 / self._a
+        c1, c2, c3 = s.coefficients(s.pad(vp))
+        self.c1.data[:] = c1
+        self.c2.data[:] = c2
+        self.c3.data[:] = c3
 
     def _run_forward(self, shot: int, save: bool) -> np.ndarray:
         s = self.survey
@@ -290,7 +381,11 @@ class ShotSolver:
         self.rec.data[:] = 0.0
         self.src.coordinates.data[0] = np.asarray(s.sources[shot], np.float32)
         op.apply(time_m=1, time_M=s.nt, dt=s.dt)
-        return np.array(self.rec.data[1 : s.nt + 1], dtype=np.float32, copy=True)
+        traces = np.array(self.rec.data[1 : s.nt + 1], dtype=np.float32, copy=True)
+        if s.reference:
+            # ... and ends one step early: the last sample is never recorded (stays 0)
+            traces[-1] = 0.0
+        return traces
 
     def forward(self, vp: np.ndarray, shots) -> np.ndarray:
         """Traces (len(shots), nt, nrec) of the velocity model vp (nx, nz) in km/s."""
@@ -313,6 +408,8 @@ class ShotSolver:
             v.data[:] = 0.0
             self.grad.data[:] = 0.0
             self.resid.data[1 : s.nt + 1] = residual
+            if s.reference:  # the reference's adjoint never injects the last sample either
+                self.resid.data[s.nt] = 0.0
             op.apply(time_m=2, time_M=s.nt, dt=s.dt)
             total += self.grad.data
         grad_m = s.unpad_adjoint(total)
