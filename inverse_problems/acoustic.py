@@ -8,7 +8,16 @@ the pressure recorded by ``nreceivers`` receivers on z = ``rec_depth`` every ``d
 free surface at z = 0); measurements (R, nshots, nt, nreceivers) float32, noise-free by default.
 
 Gradient: adjoint state, not autograd, for any batch of models (rows). ``loss`` is the harness's
-||A(x) - y||^2 (twice the reference's 1/2-scaled misfit).
+||A(x) - y||^2 in compat=corrected, and the reference's 1/2 ||A(x) - y||^2 in compat=reference.
+
+compat (docs/deviations.md): ``reference`` reproduces InverseBench's numbers (Devito's
+``examples.seismic`` acoustic solver as it uses it): every absorbing cell at 1 km/s whatever the
+model (it builds its model from ones and writes only the physical cells), Devito's damping
+profile and sponge term, the time range Devito picks for its operators (the wavelet's sample at
+t = 0 is never injected, the last sample never recorded), and the 1/2-scaled loss. ``corrected``
+extends the edge velocities into the absorbing frame (a wave leaving the model meets no
+artificial 1 km/s contrast), uses a sponge tuned to the velocities of the problem, injects the
+whole wavelet and records every sample.
 
 ``velocity_bounds`` [lo, hi] (km/s) makes the map A(clamp(v, lo, hi)): samplers' intermediate
 estimates can leave the physical range (a velocity <= 0, or one past the time step's stability

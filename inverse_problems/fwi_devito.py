@@ -16,6 +16,12 @@ driven by the residual injected at the receivers, and dJ/dm = -sum_n u^n (D_tt v
 time-summation-by-parts form of -sum_n v^n (D_tt u)^n for the leapfrog scheme; the chain rule to
 velocity is dJ/dv = -2 / v^3 dJ/dm.
 
+``Survey.compat = "reference"`` gives InverseBench's discretization instead (same kernels, other
+coefficients): the absorbing cells at 1 km/s, Devito's ``Model(bcs='damp')`` profile and its
+sponge term eta u_t (forward difference), no sponge term in the imaging condition, and the
+time range of Devito's operators (the wavelet's t = 0 sample never injected, the last sample
+never recorded, nor injected as a residual); the gradient keeps the physical cells only.
+
 Operators are built and JIT-compiled once per survey (``solver_for``) and reused for every model
 and shot: only the model, the source position and the data change between calls. Compiled
 kernels and the built solvers live in ``jit_cache_dir`` (a per-user folder).
@@ -421,8 +427,9 @@ _SOLVERS: dict[Survey, ShotSolver] = {}
 
 
 def _solver_file(survey: Survey) -> Path:
-    """Where the built solver for ``survey`` is kept: keyed by the survey, Devito's version and
-    this module's source, so a change to any of them builds afresh."""
+    """Where the built solver for ``survey`` is kept: keyed by the survey (its compat mode
+    included), Devito's version and this module's source, so a change to any of them builds
+    afresh."""
     import devito
 
     key = hashlib.sha256()
