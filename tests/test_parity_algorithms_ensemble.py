@@ -54,8 +54,8 @@ def test_enkg_corrected_mode_differs_only_in_the_inner_grid_settings():
 
 
 def test_eki_field_and_output_reproduce_the_reference():
-    """The 4x4 field's spectrum is exact (measured 0); the output 1.2e-7 (reference, float32
-    steps) and 1.3e-7 (corrected: the same method in float64)."""
+    """The 4x4 field's spectrum is exact (measured 0); the output 1.2e-7 in both modes (the same
+    method and arithmetic)."""
     meta, arrays = load_fixture("algo_eki")
     assert rel_err(PeriodicGRF(4).sqrt_eig.numpy(), arrays["eki_sqrt_eig"]) == 0.0
     kw = meta["eki"]
