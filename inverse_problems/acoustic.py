@@ -39,6 +39,7 @@ import contextlib
 import logging
 import os
 import sys
+import warnings
 import weakref
 
 import numpy as np
@@ -91,6 +92,10 @@ def _shutdown(client, cluster) -> None:
             cluster.close()
 
 
+#: The stencil order of the reference's solvers, whatever its ``space_order`` argument.
+REFERENCE_SPACE_ORDER = 4
+
+
 class AcousticWave(BaseOperator):
     capabilities = frozenset({"gradient"})
 
@@ -120,6 +125,15 @@ class AcousticWave(BaseOperator):
         **_ignored,  # the reference's bcs, gc_threshold
     ):
         super().__init__(sigma_noise, unnorm_shift, unnorm_scale, device, compat=compat)
+        if self.compat == "reference" and int(space_order) != REFERENCE_SPACE_ORDER:
+            # the reference passes space_order to its Model (halo and free-surface rows) only; its
+            # per-shot solvers are built with a fixed order 4
+            warnings.warn(
+                f"compat=reference: space_order={space_order} is replaced by the reference's "
+                f"stencil order {REFERENCE_SPACE_ORDER}",
+                stacklevel=2,
+            )
+            space_order = REFERENCE_SPACE_ORDER
         nx, nz = (int(n) for n in shape)
         dx, dz = (float(h) for h in spacing)
         width = (nx - 1) * dx

@@ -110,3 +110,14 @@ def test_evaluator_gives_the_references_metrics(samples):
         assert got[key] == pytest.approx(expected[key], rel=1e-5), key
     # one more forward solve per sample: float32 rounding as above, measured 4.1e-5 (1), 1.6e-5 (4)
     assert got["data misfit"] == pytest.approx(expected["data misfit"], rel=2e-4)
+
+
+def test_reference_mode_keeps_the_references_stencil_order():
+    """The reference builds every per-shot solver with space order 4 (its space_order argument
+    only reaches Devito's Model), so compat=reference does the same, and says so."""
+    meta, _ = load_fixture("fwi")
+    survey = {k: v for k, v in meta["survey"].items() if k not in ("unnorm_scale", "unnorm_shift")}
+    with pytest.warns(UserWarning, match="stencil order 4"):
+        op = AcousticWave(**{**survey, "space_order": 8}, n_workers=0, compat="reference")
+    assert op.survey.space_order == 4
+    assert AcousticWave(**{**survey, "space_order": 8}, compat="corrected").survey.space_order == 8
