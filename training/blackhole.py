@@ -26,9 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from training.dataset import DATA_SOURCE, open_readonly
+from training.dataset import DATA_SOURCE, check_items, checked_ids, open_readonly
 from training.phantoms import _smooth_noise
-from utils.helper import parse_int_list
+from utils.helper import select_ids
 from utils.rng import DATA, derive_seed
 
 
@@ -103,10 +103,16 @@ class BlackHole(Dataset):
         with open_readonly(self.root).begin() as txn:
             n = txn.stat()["entries"]
         # the reference ignores id_list when reading (its bug 10): here id i reads key str(i)
-        self.id_list = parse_int_list(id_list) or list(range(n))
-        bad = [i for i in self.id_list if not 0 <= i < n]
-        if bad:
-            raise ValueError(f"ids {bad[:5]} are outside the {n} entries of {self.root}")
+        self.id_list = select_ids(id_list, n, self.root / "data.mdb")
+        with open_readonly(self.root).begin() as txn:
+            check_items(
+                self.root / "data.mdb",
+                checked_ids(self.id_list),
+                lambda i: txn.get(str(i).encode()),
+                8 * self.original**2,  # float64 images of original_resolution^2
+                np.float64,
+                "set original_resolution to the stored images' size",
+            )
 
     def __len__(self) -> int:
         return len(self.id_list)

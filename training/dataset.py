@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from utils.helper import parse_int_list
+from utils.helper import select_ids
 
 DATA_SOURCE = (
     "InverseBench's test/validation data come from its CaltechData record (see the reference "
@@ -28,13 +28,59 @@ _OPEN: dict = {}  # (pid, path) -> environment: LMDB allows one handle per envir
 
 
 def open_readonly(path):
-    """A read-only LMDB environment, shared by every reader of ``path`` in this process."""
+    """A read-only LMDB environment, shared by every reader of ``path`` in this process. A file
+    shorter than its own page table says (a truncated copy) is refused here: reading it would end
+    the process with SIGBUS."""
     import lmdb
 
     key = (os.getpid(), str(Path(path).resolve()))
     if key not in _OPEN:
-        _OPEN[key] = lmdb.open(key[1], readonly=True, lock=False, readahead=False, meminit=False)
+        data = Path(key[1]) / "data.mdb"
+        try:
+            env = lmdb.open(key[1], readonly=True, lock=False, readahead=False, meminit=False)
+        except lmdb.Error as err:
+            raise ValueError(
+                f"{data} is not a readable LMDB file ({err}); copy or regenerate the dataset"
+            ) from None
+        needed = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+        size = data.stat().st_size
+        if size < needed:
+            env.close()
+            raise ValueError(
+                f"{data} is truncated: {size} bytes, but its pages need {needed}; copy or "
+                "regenerate the dataset"
+            )
+        _OPEN[key] = env
     return _OPEN[key]
+
+
+def checked_ids(ids: list[int], limit: int = 2000) -> list[int]:
+    """The ids opened at set-up: all of a test set; the first and last 16 of a large training set
+    (reading every item of 50k images would take minutes)."""
+    return list(ids) if len(ids) <= limit else [*ids[:16], *ids[-16:]]
+
+
+def check_items(source, ids, read, expected_bytes: int | None, dtype, fix: str = "") -> None:
+    """Open every selected item once at set-up: present, of the expected size, finite. Errors
+    name the file, the key and the fix (a NaN in the data is the data's fault, not the
+    algorithm's)."""
+    for i in ids:
+        buf = read(i)
+        if buf is None:
+            raise KeyError(f"{source} has no key {str(i)!r} (item {i}); check id_list")
+        if expected_bytes is not None and len(buf) != expected_bytes:
+            raise ValueError(
+                f"{source} key {str(i)!r} holds {len(buf)} bytes, but {expected_bytes} are "
+                "expected from the configured resolution and dtype; "
+                + (fix or "set the dataset's resolution to the data's, or regenerate the data")
+            )
+        values = np.frombuffer(buf, dtype=dtype)
+        if not np.isfinite(values).all():
+            bad = int((~np.isfinite(values)).sum())
+            raise ValueError(
+                f"{source} key {str(i)!r} (item {i}) holds {bad} NaN or infinite values: the "
+                "data are broken; fix or drop that item (id_list)"
+            )
 
 
 def write_lmdb(root, arrays, dtype=np.float32) -> None:
@@ -75,10 +121,18 @@ class LMDBData(Dataset):
         self._env = None
         with self._open().begin() as txn:
             n = txn.stat()["entries"]
-        self.id_list = parse_int_list(id_list) or list(range(n))
-        bad = [i for i in self.id_list if not 0 <= i < n]
-        if bad:
-            raise ValueError(f"ids {bad[:5]} are outside the {n} entries of {self.root}")
+        self.id_list = select_ids(id_list, n, self.root / "data.mdb")
+        per_item = self.dtype.itemsize * self.raw_resolution**2
+        with self._open().begin() as txn:
+            read = lambda i: txn.get(str(i).encode())  # noqa: E731
+            check_items(self.root / "data.mdb", checked_ids(self.id_list), read, None, self.dtype)
+            sizes = {len(read(i) or b"") for i in checked_ids(self.id_list)}
+        if any(s % per_item for s in sizes):
+            raise ValueError(
+                f"{self.root / 'data.mdb'} items hold {sorted(sizes)} bytes, not a multiple of "
+                f"raw_resolution^2 x {self.dtype.itemsize} = {per_item}: set "
+                "(raw_)resolution to the data's, or regenerate the data at this resolution"
+            )
 
     def _open(self):
         if self._env is None:  # opened lazily so that DataLoader workers get their own handle

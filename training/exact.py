@@ -10,14 +10,16 @@ from __future__ import annotations
 import torch
 from torch.utils.data import Dataset
 
-from utils.helper import parse_int_list
+from utils.helper import select_ids
 from utils.rng import DATA, derive_seed
 
 
 class _Instances(Dataset):
     def __init__(self, num_items: int, seed: int, id_list):
         self.seed = int(seed)
-        self.id_list = parse_int_list(id_list) or list(range(num_items))
+        self.id_list = select_ids(
+            id_list, int(num_items), f"{type(self).__name__}(num_items={num_items})"
+        )
 
     def __len__(self) -> int:
         return len(self.id_list)

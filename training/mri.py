@@ -24,9 +24,9 @@ import torch
 from torch.utils.data import Dataset
 
 from inverse_problems.multi_coil_mri import fft2c
-from training.dataset import DATA_SOURCE, open_readonly
+from training.dataset import DATA_SOURCE, check_items, checked_ids, open_readonly
 from training.phantoms import _smooth_noise
-from utils.helper import parse_int_list
+from utils.helper import select_ids
 from utils.rng import DATA, derive_seed
 
 ENVS = ("mvue", "s_maps", "kspace")
@@ -203,7 +203,23 @@ class MultiCoilMRILMDBData(Dataset):
         self._envs: dict = {}
         with self._env("mvue").begin() as txn:
             n = txn.stat()["entries"]
-        self.id_list = parse_int_list(id_list) or list(range(n))
+        self.id_list = select_ids(id_list, n, self.root / "mvue" / "data.mdb")
+        plane = 8 * self.size[0] * self.size[1]  # complex64 values of one image_size plane
+        for name in ENVS[: 1 if mvue_only else 3]:
+            if name == "kspace" and simulated_kspace:
+                continue
+            with self._env(name).begin() as txn:
+                read = lambda i: txn.get(str(i).encode())  # noqa: E731
+                ids = checked_ids(self.id_list)
+                check_items(self.root / name / "data.mdb", ids, read, None, np.complex64)
+                sizes = {len(read(i)) for i in ids}
+            expected = {plane} if name == "mvue" else None
+            if (expected and sizes != expected) or any(size % plane for size in sizes):
+                raise ValueError(
+                    f"{self.root / name / 'data.mdb'} items hold {sorted(sizes)} bytes, not "
+                    f"{'' if expected else 'a multiple of '}{plane} (complex64 planes of "
+                    f"image_size {list(self.size)}); set image_size to the data's"
+                )
 
     def _env(self, name):
         if name not in self._envs:
@@ -301,7 +317,7 @@ class MultiCoilMRIData(Dataset):
             with h5py.File(f, "r") as h:
                 n = h["s_maps"].shape[0]
             items += [(f.name, s) for s in range(n)[slice(*slice_range)]]
-        ids = parse_int_list(id_list) or list(range(len(items)))
+        ids = select_ids(id_list, len(items), self.maps_root)
         self.items = [items[i] for i in ids]
 
     def __len__(self) -> int:
