@@ -74,7 +74,11 @@ class DPS_GSG(Algo):
         if self.compat == "reference" and int(batch_size) >= 1:
             self.num_directions -= self.num_directions % int(batch_size)
         if self.num_directions < 1:
-            raise ValueError(f"num_queries={num_queries} gives no direction")
+            hint = " (compat=reference rounds down to a multiple of batch_size)"
+            raise ValueError(
+                f"num_queries={num_queries} gives no direction"
+                + (hint if self.compat == "reference" else "")
+            )
         if int(batch_size) < 1 or float(mu) <= 0:
             raise ValueError(f"batch_size must be >= 1 and mu > 0, got {batch_size}, {mu}")
         self.scheduler = Scheduler(**diffusion_scheduler_config)
