@@ -45,8 +45,9 @@ Deviations from the reference code:
   unnorm_scale^2 times the consistent guidance (1/4 at inverse scattering's 0.5); at
   unnorm_scale 1 the two agree. c uses the configured ``sigma_noise`` (floored at 1e-4) as the
   std of a real entry, without the 1/sqrt(2) of complex measurements nor per-item values;
-* both modes: the network gets the state as it is, without dividing by the grid's scaling s
-  (the same as ``corrected`` on the reference's default VE grid, where s = 1).
+* noisy and noiseless: the start x_T = sigma_max eps is taken as the unscaled state, so on a VP
+  grid the network gets the scaled state (the same as ``corrected`` on the reference's default VE
+  grid, where s = 1).
 """
 
 from __future__ import annotations
