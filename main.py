@@ -45,6 +45,7 @@ from utils.results import (
     summary_table,
 )
 from utils.rng import ALGORITHM, OBSERVATION, BatchRNG
+from utils.validate import check_run_keys
 
 log = logging.getLogger("inversebench")
 
@@ -58,11 +59,15 @@ def pick_device(name: str) -> torch.device:
     return device
 
 
-def setup_logging(exp_dir: Path) -> None:
+def setup_logging(exp_dir: Path | None) -> None:
+    """Log to stdout and, once the run has a folder, to its log.txt."""
     log.setLevel(logging.INFO)
     log.handlers.clear()
     fmt = logging.Formatter("[%(asctime)s] %(message)s", "%H:%M:%S")
-    for handler in (logging.FileHandler(exp_dir / "log.txt"), logging.StreamHandler(sys.stdout)):
+    handlers = [logging.StreamHandler(sys.stdout)]
+    if exp_dir is not None:
+        handlers.insert(0, logging.FileHandler(exp_dir / "log.txt"))
+    for handler in handlers:
         handler.setFormatter(fmt)
         log.addHandler(handler)
     log.propagate = False
@@ -150,11 +155,23 @@ class StepReceiver:
         return [as_float(value)] * num_items
 
 
+def finite_rows(t: torch.Tensor) -> list[bool]:
+    flat = torch.view_as_real(t) if t.is_complex() else t
+    return torch.isfinite(flat.reshape(t.shape[0], -1)).all(1).tolist()
+
+
 def solve_batch(config, forward_op, testset, algo, counts, indices, device):
     """Simulate and solve a batch of items; returns per-item (observation, recon, compute)."""
     ids = [int(testset.id_list[i]) for i in indices]
     data = collate([testset[i] for i in indices])
     observation = forward_op(data, BatchRNG.for_items(config.seed, ids, OBSERVATION, device))
+    bad = [i for i, ok in zip(ids, finite_rows(observation.y), strict=True) if not ok]
+    if bad:
+        raise ValueError(
+            f"the simulated measurements of items {bad} hold NaN or infinite values: the data "
+            "(or the item's physics) are broken, not the algorithm; fix the data or leave those "
+            "items out with id_list"
+        )
     rng = BatchRNG.for_items(config.seed, ids, ALGORITHM, device)
     counts.reset()
     receiver = StepReceiver(config, len(ids))
@@ -184,25 +201,30 @@ def solve_batch(config, forward_op, testset, algo, counts, indices, device):
 
 
 def run(config: DictConfig) -> dict:
+    """Every check happens before any work and before anything is written: run keys first, then
+    everything ``build`` makes (data files, checkpoint, operator, algorithm); the folder is
+    created and claimed only then."""
     check_compat(config.compat)
+    check_run_keys(config)
     shard = parse_shard(config.get("shard"))
     device = pick_device(config.device)
+    exp_dir = Path(config.problem.exp_dir) / config.algorithm.name / experiment_name(config)
     if config.tf32:
         torch.set_float32_matmul_precision("high")
     if config.wandb:
         config = init_wandb(config)
-    exp_dir = Path(config.problem.exp_dir) / config.algorithm.name / experiment_name(config)
-    exp_dir.mkdir(parents=True, exist_ok=True)
-    setup_logging(exp_dir)
-    log.info(
-        f"{config.problem.name} / {config.algorithm.name} (compat={config.compat}) -> {exp_dir} "
-        f"on {device}" + (f", shard {shard[0]}/{shard[1]}" if shard[1] > 1 else "")
-    )
-
+        exp_dir = Path(config.problem.exp_dir) / config.algorithm.name / experiment_name(config)
+    setup_logging(None)
     forward_op, testset, algo, evaluator, counts = build(config, device)
-    fp = fingerprint(result_config(config), config.problem.get("prior"))
-    describe = {"problem": config.problem.name, "algorithm": config.algorithm.name}
     try:
+        exp_dir.mkdir(parents=True, exist_ok=True)
+        setup_logging(exp_dir)
+        log.info(
+            f"{config.problem.name} / {config.algorithm.name} (compat={config.compat}) -> "
+            f"{exp_dir} on {device}" + (f", shard {shard[0]}/{shard[1]}" if shard[1] > 1 else "")
+        )
+        fp = fingerprint(result_config(config), config.problem.get("prior"))
+        describe = {"problem": config.problem.name, "algorithm": config.algorithm.name}
         with ExperimentFolder(exp_dir, fp, config.overwrite, describe) as folder:
             return _run_items(
                 config, exp_dir, folder, shard, device, forward_op, testset, algo, evaluator, counts

@@ -26,7 +26,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
-from utils.io import atomic_torch_save, atomic_write_json
+from models.loading import file_problem, first_line
+from utils.io import atomic_torch_save, atomic_write_json, atomic_write_text
 from utils.rng import derive_seed
 
 
@@ -81,6 +82,87 @@ def latest_checkpoint(ckpt_dir: Path) -> Path | None:
     return max(found)[1] if found else None
 
 
+CHECKPOINT_KEYS = ("net", "ema", "optimizer", "scheduler", "step")
+# Keys that may change between a run and its resume: how long, how often, where to log.
+RESUMABLE_CHANGES = {
+    *("train.num_steps", "train.resume", "train.num_workers", "train.compile"),
+    *("log.log_every", "log.save_every", "log.wandb", "log.project", "log.group"),
+}
+
+
+def read_checkpoint(path: Path):
+    """A training checkpoint's state, or a string saying what is wrong with the file."""
+    problem = file_problem(path)
+    if problem:
+        return problem
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # corrupt archive, truncated tensor data, ...
+        return f"cannot be read ({first_line(err)})"
+    missing = [k for k in CHECKPOINT_KEYS if not isinstance(state, dict) or k not in state]
+    return f"has no {missing}" if missing else state
+
+
+def newest_intact_checkpoint(ckpt_dir: Path, say=print):
+    """``(state, path)`` of the newest readable checkpoint in ``ckpt_dir`` (``(None, None)`` when
+    there is none); a damaged newer one (a run killed during a copy, a full disk) is reported
+    and skipped, never silently."""
+    found = sorted(
+        ((int(m.group(1)), p) for p in ckpt_dir.glob("ckpt_*.pt")
+         if (m := re.fullmatch(r"ckpt_(\d+)\.pt", p.name))),
+        reverse=True,
+    )  # fmt: skip
+    for _, path in found:
+        state = read_checkpoint(path)
+        if not isinstance(state, str):
+            return state, path
+        say(f"WARNING: {path} {state}; falling back to the previous checkpoint")
+    return None, None
+
+
+def check_train_keys(cfg) -> None:
+    tcfg = cfg.train
+    for key in ("num_steps", "batch_size"):
+        value = tcfg.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"train.{key}={value!r} must be a whole number >= 1")
+    lr = tcfg.get("lr")
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < float("inf"):
+        raise ValueError(f"train.lr={lr!r} must be a positive number")
+    for key in ("log_every", "save_every"):
+        value = cfg.log.get(key, 1)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"log.{key}={value!r} must be a whole number >= 1")
+
+
+def check_same_training(exp_dir: Path, cfg) -> None:
+    """A resume continues the same training: settings other than ``RESUMABLE_CHANGES`` (learning
+    rate, batch size, data, model, loss, seed, ...) must equal the saved config.yaml's."""
+    saved = exp_dir / "config.yaml"
+    if not saved.is_file():
+        return
+    old = _flat(OmegaConf.to_container(OmegaConf.load(saved), resolve=True))
+    new = _flat(OmegaConf.to_container(cfg, resolve=True))
+    changed = sorted(k for k in set(old) | set(new)
+                     if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES)  # fmt: skip
+    if changed:
+        shown = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:6])
+        raise ValueError(
+            f"{exp_dir} holds a training run with other settings ({shown}); resuming would mix "
+            "them. Use another log.exp_name=..., or train.resume=never to start over there"
+        )
+
+
+def _flat(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 @torch.no_grad()
 def update_ema(ema: torch.nn.Module, net: torch.nn.Module, beta: float) -> None:
     for pe, pn in zip(ema.parameters(), net.parameters(), strict=True):
@@ -107,11 +189,14 @@ def train(cfg: DictConfig) -> dict:
     if tcfg.get("tf32", False):
         torch.set_float32_matmul_precision("high")
     seed = int(tcfg.get("seed", 0))
+    check_train_keys(cfg)
     exp_dir = Path(lcfg.exp_dir) / lcfg.exp_name
     ckpt_dir = exp_dir / "ckpts"
-    if acc.is_main_process:
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        (exp_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    resume = tcfg.get("resume", "auto")
+    if resume not in ("auto", None, "None", "never"):
+        check_same_training(exp_dir, cfg)
+    elif resume != "never" and latest_checkpoint(ckpt_dir) is not None:
+        check_same_training(exp_dir, cfg)
     batch = int(tcfg.batch_size)
     if batch % acc.num_processes:
         raise ValueError(f"train.batch_size={batch} must divide over {acc.num_processes} processes")
@@ -126,16 +211,25 @@ def train(cfg: DictConfig) -> dict:
     loss_fn = instantiate(cfg.loss)
 
     step = 0
-    resume = tcfg.get("resume", "auto")
-    path = latest_checkpoint(ckpt_dir) if resume in ("auto", None, "None") else Path(resume)
-    if path is not None and resume != "never":
-        state = torch.load(path, map_location="cpu", weights_only=True)
+    if resume in ("auto", None, "None"):
+        state, path = newest_intact_checkpoint(ckpt_dir, acc.print)
+    elif resume != "never":
+        path = Path(resume)
+        state = read_checkpoint(path)
+        if isinstance(state, str):
+            raise ValueError(f"train.resume={path}: {state}")
+    else:
+        state = path = None
+    if state is not None:
         net.load_state_dict(state["net"])
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         step = int(state["step"])
         acc.print(f"resumed from {path} at step {step}")
+    if acc.is_main_process:  # only now: a refused resume leaves the old record as it was
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(exp_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
 
     num_steps = int(tcfg.num_steps)
     sampler = StepBatchSampler(

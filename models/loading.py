@@ -19,6 +19,30 @@ RELEASE = "the GitHub release 'diffusion-prior' of devzhk/InverseBench"
 PRETRAIN_DIR = Path(__file__).resolve().parents[1] / "configs" / "pretrain"
 
 
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message, or its class name (some have no message)."""
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__
+
+
+def file_problem(path) -> str | None:
+    """What is wrong with a file that should be a ``torch.save`` archive, read without unpickling
+    anything: empty, or neither a zip archive (torch >= 1.6) nor a legacy pickle; None if it
+    looks like one (torch.load still checks the rest)."""
+    size = Path(path).stat().st_size
+    if size == 0:
+        return "is empty (0 bytes): an interrupted download or copy"
+    if zipfile.is_zipfile(path):
+        return None
+    with open(path, "rb") as f:
+        head = f.read(2)
+    if head == b"PK":
+        return f"is a truncated or damaged zip archive ({size} bytes)"
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return None  # a pickle (protocol 2-5): torch's legacy format, or a pickled module
+    return f"is not a torch checkpoint ({size} bytes, neither a zip archive nor a pickle)"
+
+
 def load_state_dict(path, allow_pickle: bool = False) -> dict:
     """State dict from a checkpoint: under ``ema`` (preferred), ``net``, or bare."""
     path = Path(path)
@@ -28,18 +52,21 @@ def load_state_dict(path, allow_pickle: bool = False) -> dict:
             f"weights come from {RELEASE}; small priors ship in checkpoints/ or can be trained "
             "with train.py. Point problem.prior=<path> at the file."
         )
+    problem = file_problem(path)
+    if problem:
+        raise ValueError(f"{path} {problem}; download or train it again (problem.prior=<path>)")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=not allow_pickle)
     except pickle.UnpicklingError as err:
         raise ValueError(
             f"{path} is a legacy pickle that embeds code (e.g. a pickled nn.Module): loading it "
             "runs that code, so it is refused by default. If you trust the file, rerun with "
-            f"allow_pickle=true. ({err.__class__.__name__}: {str(err).splitlines()[0]})"
+            f"allow_pickle=true. ({err.__class__.__name__}: {first_line(err)})"
         ) from err
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as err:
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
         raise ValueError(
             f"{path} is corrupt or truncated and cannot be read as a torch checkpoint "
-            f"({str(err).splitlines()[0]}). Download or train it again."
+            f"({first_line(err)}). Download or train it again."
         ) from err
     if isinstance(ckpt, dict):
         for key in ("ema", "net"):
