@@ -252,3 +252,19 @@ def test_ehtim_closure_sets_are_ehtims_on_a_simulated_coverage():
     theirs = [tuple(str(q[k]) for k in ("t1", "t2", "t3", "t4")) for q in camp]
     assert quads == theirs
     assert len(sets.cp_index) == len(bis) and len(sets.ca_index) == len(camp)
+
+
+def test_reference_eht_noise_is_per_item_and_keeps_closures(ops):
+    """ehtim's noise model drawn from per-item streams: a batch equals its items alone; station
+    gains leave closures at the thermal level (chi^2 about 1) but corrupt amplitudes."""
+    from utils.rng import BatchRNG
+
+    op = ops["reference", "eht"]
+    x = torch.cat([x_target(), x_samples()[:1]])
+    rng = BatchRNG.for_items(7, [0, 1], 0)
+    both = op({"target": x}, rng)
+    for i in range(2):
+        alone = op({"target": x[i : i + 1]}, BatchRNG(rng.seeds[i : i + 1]))
+        torch.testing.assert_close(alone.y, both.y[i : i + 1])
+    chi = op.chi2_terms(op.forward(x[:1]), both.item(0))
+    assert float(chi[0]) > 20 and abs(float(chi[1]) - 1) < 0.3 and abs(float(chi[2]) - 1) < 0.3
