@@ -55,7 +55,7 @@ def test_results_of_other_settings_are_refused_naming_them(config_factory, tmp_p
     exp = tmp_path / "dps" / "default"
     run(config_factory([*FAST, "problem.data.id_list=0-1"]))
     (exp / "config.yaml").unlink()  # the folder's record gone: the results still say who made them
-    with pytest.raises(StaleResults, match="items 0, 1"):
+    with pytest.raises(StaleResults, match=r"other settings: result_\{0, 1\}"):
         run(
             config_factory([*FAST, "problem.data.id_list=0-1", "algorithm.method.guidance_scale=3"])
         )
@@ -181,3 +181,22 @@ def test_a_grid_runs_in_parallel_with_the_local_launcher(tmp_path):
     )  # fmt: skip
     for algo in ("dps", "uncond"):
         assert (tmp_path / algo / "default" / "summary.json").is_file()
+
+
+def test_temporaries_of_killed_writers_are_removed_and_live_ones_kept(tmp_path):
+    import socket
+
+    from utils.io import remove_dead_temporaries
+
+    host = socket.gethostname().replace(".", "_")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()  # fmt: skip
+    files = {
+        "dead": tmp_path / f".result_3.pt.{host}-{dead}.abc123.tmp",
+        "alive": tmp_path / f".result_4.pt.{host}-{os.getpid()}.def456.tmp",
+        "elsewhere": tmp_path / f".result_5.pt.otherhost-{dead}.ghi789.tmp",
+    }
+    for f in files.values():
+        f.write_bytes(b"partial")
+    assert remove_dead_temporaries(tmp_path) == [files["dead"]]
+    assert files["alive"].exists() and files["elsewhere"].exists()

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from utils.io import atomic_write_json
+from utils.io import atomic_write_json, remove_dead_temporaries
 
 FOLDER_FILE = "experiment.json"
 
@@ -128,13 +128,27 @@ class ExperimentFolder:
             found = self.result_fingerprints(load_fp)
             stale = sorted(i for i, f in found.items() if f != self.fp)
             if stale and not self.overwrite:
+                kinds = {
+                    "unreadable (corrupt or truncated)": [
+                        i for i in stale if found[i] == "unreadable"
+                    ],
+                    "made before results recorded their settings": [
+                        i for i in stale if found[i] is None
+                    ],
+                    "made with other settings": [
+                        i for i in stale if found[i] not in (None, "unreadable")
+                    ],
+                }
+                said = "; ".join(
+                    f"{kind}: result_{{{_ids(ids)}}}.pt" for kind, ids in kinds.items() if ids
+                )
                 raise StaleResults(
-                    f"{self.dir} holds results of other settings (or made before results "
-                    f"recorded their settings) for items {_ids(stale)}; use another exp_name=..., "
-                    "or overwrite=true to recompute them (stale results are then deleted)"
+                    f"{self.dir} holds results this run cannot adopt ({said}); use another "
+                    "exp_name=..., or overwrite=true to recompute them (they are then deleted)"
                 )
             for i in stale:
                 remove(i)
+            remove_dead_temporaries(self.dir)  # leftovers of killed runs
             atomic_write_json(
                 self.dir / FOLDER_FILE,
                 {"fingerprint": self.fp, "claimed": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -6,10 +6,37 @@ import csv
 import io
 import json
 import os
+import re
+import socket
 import tempfile
 from pathlib import Path
 
 import torch
+
+
+def _host() -> str:
+    return socket.gethostname().replace(".", "_")
+
+
+def remove_dead_temporaries(folder) -> list[Path]:
+    """Delete the temporary files that writers on this host left when they were killed (their
+    process is gone); returns them. Files of live writers and of other hosts are kept."""
+    host = _host()
+    removed = []
+    for tmp in Path(folder).glob(".*.tmp"):
+        m = re.search(r"\.(?P<host>[^.]+)-(?P<pid>\d+)\.[^.]*\.tmp$", tmp.name)
+        if not m or m["host"] != host:
+            continue
+        try:
+            os.kill(int(m["pid"]), 0)
+            continue  # its writer is alive
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue  # alive, another user's
+        tmp.unlink(missing_ok=True)
+        removed.append(tmp)
+    return removed
 
 
 def _umask() -> int:
@@ -21,7 +48,11 @@ def _umask() -> int:
 def _atomic_write(path: Path, write) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # The writer's host and pid in the name: a killed writer's leftovers can be told apart from
+    # a live one's (remove_dead_temporaries), also on a folder shared by several machines.
+    fd, tmp = tempfile.mkstemp(
+        dir=path.parent, prefix=f".{path.name}.{_host()}-{os.getpid()}.", suffix=".tmp"
+    )
     try:
         # mkstemp creates 0600; results are for the group too, as the umask allows (0644 at 022)
         os.fchmod(fd, 0o666 & ~_umask())

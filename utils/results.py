@@ -56,13 +56,17 @@ def save_result(
     atomic_torch_save(record, path)
 
 
+UNREADABLE = "unreadable"
+
+
 def result_fingerprint(path) -> str | None:
-    """The fingerprint a result was saved with (None: none recorded, or an unreadable file)."""
+    """The fingerprint a result was saved with: None when it records none (made before results
+    recorded their settings), ``UNREADABLE`` for a corrupt or truncated file."""
     try:
         res = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # a corrupt file is as good as no result: it is recomputed or refused
-        return None
-    return res.get("fingerprint") if isinstance(res, dict) else None
+    except Exception:  # a corrupt file is no result: it is recomputed (overwrite) or refused
+        return UNREADABLE
+    return res.get("fingerprint") if isinstance(res, dict) else UNREADABLE
 
 
 def remove_result(exp_dir, item_id: int) -> None:
