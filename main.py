@@ -89,29 +89,42 @@ def init_wandb(config: DictConfig) -> DictConfig:
     return config
 
 
+def make(node, **kwargs):
+    """``instantiate``, with the object's own error (a ValueError naming the bad key or file)
+    raised as it is instead of wrapped in Hydra's InstantiationException."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as err:
+        if isinstance(err.__cause__, (ValueError, FileNotFoundError, KeyError, TypeError)):
+            raise err.__cause__ from None
+        raise
+
+
 def build(config: DictConfig, device: torch.device):
     """Operator, test set, prior, algorithm, evaluator; every check happens here, before work."""
-    forward_op = instantiate(config.problem.model, device=device)
-    testset = instantiate(config.problem.data)
-    net = build_prior(
-        config.pretrain.model, config.problem.get("prior"), device, allow_pickle=config.allow_pickle
-    )
-    if config.compile:
-        net = torch.compile(net)
-    counts = Counts()
-    # black_box: the algorithm sees forward and misfit only (a derivative request raises).
-    seen_op = BlackBox(forward_op) if config.get("black_box", False) else forward_op
+    testset = make(config.problem.data)  # data files first: the cheapest to check
+    forward_op = make(config.problem.model, device=device)
     try:
-        algo = instantiate(
+        net = build_prior(
+            config.pretrain.model,
+            config.problem.get("prior"),
+            device,
+            allow_pickle=config.allow_pickle,
+        )
+        if config.compile:
+            net = torch.compile(net)
+        counts = Counts()
+        # black_box: the algorithm sees forward and misfit only (a derivative request raises).
+        seen_op = BlackBox(forward_op) if config.get("black_box", False) else forward_op
+        algo = make(
             config.algorithm.method,
             net=CountingNet(net, counts),
             forward_op=CountingOperator(seen_op, counts),
         )
-    except InstantiationException as err:
-        if isinstance(err.__cause__, ValueError):  # the algorithm's own message (capabilities...)
-            raise err.__cause__ from None
+        evaluator = make(config.problem.evaluator, forward_op=forward_op)
+    except BaseException:
+        forward_op.close()  # e.g. FWI's Dask cluster
         raise
-    evaluator = instantiate(config.problem.evaluator, forward_op=forward_op)
     return forward_op, testset, algo, evaluator, counts
 
 
