@@ -24,8 +24,9 @@ sigma, scaling s; x is the scaled state):
 The returned sample is x0_hat + sigma_final * noise at the last grid point (unscaled).
 
 Deviations from the reference code:
-* ``linear=True`` crashed (bug §6.7: ``sqrt`` of a Python int) and solved a dense d x d system per
-  step (16384^2 for inverse scattering). Here it runs, matrix-free, per item and per row.
+* ``linear=True`` crashed (``sqrt`` of a Python int in its progress line) and solved a dense
+  d x d system per step (16384^2 for inverse scattering). Here it runs, matrix-free, per item and
+  per row.
 * The reference's linear mode used rho where its gradient mode implies rho/2: its gradient step
   x0 - grad/rho is the linearization of argmin ||y - A x||^2 + (rho/2) ||x - x0||^2, but its
   exact solve minimized ||y - A x||^2 + rho ||x - x0||^2 (an effective lamb twice as large). Both

@@ -31,9 +31,9 @@ Counts per sample: num_steps NFE (+VJP) and num_steps (1 + num_mc_samples) loss 
 
 Deviations from the reference code:
 
-* Reference bug fixed (its §6.12): Z and the previous gradient lived on the object, set once in
-  ``__init__``, so they leaked from one test item (and call) into the next. Here they are local to
-  a call and kept per sample row.
+* Reference bug fixed in both compat modes: Z and the previous gradient lived on the object,
+  set once in ``__init__``, so they leaked from one test item (and call) into the next. Here they
+  are local to a call and kept per sample row.
 * ``num_samples > 1`` works (the reference asserts 1): every row has its own draws, rewards, Z,
   radius, momentum and normalization (the reference takes the norm over the whole batch).
 * ``clamp_r`` (accepted but unused by the reference) is used as the upper bound of r, as its

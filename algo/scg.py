@@ -22,8 +22,9 @@ as the next step's denoising) and K (N - 1 - T) loss rows.
 
 Deviations from the reference code:
 
-* Reference bug fixed (its §6.11): at i == T the reference fell through to ``x_next = denoised``
-  (a jump to x0_hat in the middle of sampling). Here i == T is the first guided step.
+* Reference bug fixed in compat=corrected (kept in compat=reference, see below): at i == T the
+  reference fell through to ``x_next = denoised`` (a jump to x0_hat in the middle of sampling).
+  Here i == T is the first guided step.
 * The chosen candidate's denoised output is reused for the next step's score instead of
   denoising it again (the same value; one NFE less per guided step).
 * ``num_samples > 1`` runs all samples together (the reference loops over them) with per-row
@@ -115,7 +116,7 @@ class SCG(Algo):
                 x0 = None
                 report(i, n_steps)
             elif i == first and self.compat == "reference":
-                x, x0 = x0, None  # the reference's jump to x0_hat (bug §6.11)
+                x, x0 = x0, None  # the reference's jump to x0_hat at i == T
                 report(i, n_steps)
             else:
                 x, x0, loss = self._best_candidate(x, score, i, observation, rng)
