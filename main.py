@@ -30,6 +30,7 @@ from utils.compat import check_compat
 from utils.compute import CountingNet, CountingOperator, Counts, Stopwatch
 from utils.experiment import ExperimentFolder, fingerprint
 from utils.io import atomic_write_csv, atomic_write_json, atomic_write_text
+from utils.paths import CONFIG_DIR
 from utils.progress import as_float, reporting
 from utils.results import (
     COMPUTE_COLUMNS,
@@ -221,12 +222,12 @@ def run(config: DictConfig) -> dict:
     check_run_keys(config)
     shard = parse_shard(config.get("shard"))
     device = pick_device(config.device)
-    exp_dir = Path(config.problem.exp_dir) / config.algorithm.name / experiment_name(config)
+    exp_dir = experiment_dir(config)
     if config.tf32:
         torch.set_float32_matmul_precision("high")
     if config.wandb:
         config = init_wandb(config)
-        exp_dir = Path(config.problem.exp_dir) / config.algorithm.name / experiment_name(config)
+        exp_dir = experiment_dir(config)
     setup_logging(None)
     forward_op, testset, algo, evaluator, counts = build(config, device)
     try:
@@ -244,6 +245,11 @@ def run(config: DictConfig) -> dict:
             )
     finally:
         forward_op.close()
+
+
+def experiment_dir(config) -> Path:
+    """``<problem.exp_dir>/<algorithm.name>/<experiment name>``."""
+    return Path(config.problem.exp_dir) / config.algorithm.name / experiment_name(config)
 
 
 def parse_shard(value) -> tuple[int, int]:
@@ -436,7 +442,7 @@ def _run_items(
     return summary
 
 
-@hydra.main(version_base="1.3", config_path="configs", config_name="config")
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
 def main(config: DictConfig) -> float | None:
     """A run; with ``objective=<metric>`` it returns that metric's mean over the items, the value
     Hydra sweepers (e.g. Optuna's) optimise."""

@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from models.loading import file_problem, first_line
 from utils.io import atomic_torch_save, atomic_write_json, atomic_write_text
+from utils.paths import CONFIG_DIR
 from utils.rng import derive_seed
 
 
@@ -324,7 +325,9 @@ def train(cfg: DictConfig) -> dict:
     return summary
 
 
-@hydra.main(version_base="1.3", config_path="configs/pretrain", config_name="navier-stokes")
+@hydra.main(
+    version_base="1.3", config_path=str(CONFIG_DIR / "pretrain"), config_name="navier-stokes"
+)
 def main(cfg: DictConfig) -> None:
     summary = train(cfg)
     if summary["losses"] and summary["main_process"]:
