@@ -5,7 +5,9 @@ linear-Gaussian problem in inverse scattering's layout: a thin basis of 12 of th
 directions (10 observed, 2 masked out by M = S > 1e-3) and 4 directions the reference never
 touches. Every draw is recorded (multinomial resampling as inverse-CDF uniforms) and replayed
 here into ``compat=reference``; ``compat=corrected`` (full basis, this project's re-derivations)
-must differ.
+must differ. The image-sized fixtures (``algo_scatter_*``) run the same samplers on inverse
+scattering at 32^2 with an exact Gaussian field prior; their spectral draws are mapped from the
+reference's SVD basis into ours through image space.
 """
 
 from __future__ import annotations
@@ -152,3 +154,87 @@ def test_corrected_mode_samples_the_null_space(case):
     assert comps["corrected"] > 0.05
     if case != "ddnm":  # the reference's DDNM+ runs in image space (no thin basis there)
         assert comps["reference"] < 1e-5  # float32 output rounding
+
+
+# -- image-sized family fixtures: inverse scattering at 32^2 with an exact Gaussian field prior --
+SCATTER_GEOMETRY = ("Lx", "Ly", "Nx", "Ny", "wave", "numRec", "numTrans", "sensorRadius")
+
+
+@pytest.fixture(scope="module")
+def scatter_op(tmp_path_factory):
+    from inverse_problems.inverse_scatter import InverseScatter
+
+    meta, _ = load_fixture("algo_scatter_ddrm")
+    units = {k: meta[k] for k in ("sigma_noise", "unnorm_shift", "unnorm_scale")}
+    cache = str(tmp_path_factory.mktemp("svd-cache"))
+    geometry = {k: meta[k] for k in SCATTER_GEOMETRY}
+    return InverseScatter(**geometry, **units, compat="reference", cache_dir=cache)
+
+
+def _scatter_draws(arrays, case, meta, op):
+    """The recorded draws in our shapes and basis: the reference's spectral draws were saved in
+    image space (V z, its basis); here they become our coordinates V^T (V z). Image draws
+    (k, 1, 32, 32) become rows of k values, (P, n) blocks one row of P."""
+    out = []
+    for i, d in enumerate(recorded_draws(arrays, case)):
+        if i in meta["spectral_draws"]:
+            lead = d.shape[:-1]
+            d = op.Vt(d.reshape(-1, 1, 32, 32)).reshape(*lead, -1)
+        if tuple(d.shape[-3:]) == (1, 32, 32):
+            d = d.reshape(1, -1) if d.shape[0] == 1 else d.reshape(1, d.shape[0], -1)
+        elif d.dim() == 2 and d.shape[0] > 1:
+            d = d[None]
+        out.append(d)
+    return out
+
+
+def _run_scatter(case, op):
+    from models.analytic import AnalyticPrior
+    from utils.distributions import StationaryGaussianField
+
+    meta, arrays = load_fixture(f"algo_scatter_{case}")
+    net = AnalyticPrior(StationaryGaussianField(arrays["spectrum"]), sigma_min=0.002, sigma_max=80)
+    config = dict(meta["config"])
+    if "smc_config" in config:
+        config["smc_config"] = dict(config["smc_config"])
+    algo = CLASSES[meta["algorithm"]](net, op, **config, compat="reference")
+    obs = Observation(torch.as_tensor(arrays["y_obs"]))
+    rng = ReplayRNG(_scatter_draws(arrays, case, meta, op), rows=1)
+    if hasattr(algo, "reference_particles"):
+        out = algo.reference_particles(obs, 1, rng)
+    else:
+        out = algo.reference_samples(obs, 1, rng)
+    assert rng.remaining == 0
+    return out.reshape(-1, 1024).double().numpy(), arrays["x"].reshape(-1, 1024)
+
+
+# Measured relative errors: ddrm 4.8e-8, ddnm 1.7e-7, mcgdiff 5.9e-8, ddsmc 6.0e-8 (the
+# reference's V returns float32 images); fps 5.1e-8 with uniform weights (below).
+SCATTER_TOL = {"ddrm": 1e-6, "ddnm": 1e-6, "mcgdiff": 1e-6, "ddsmc": 1e-6}
+
+
+@pytest.mark.parametrize("case", sorted(SCATTER_TOL))
+def test_scatter_reference_mode_reproduces_the_reference(case, scatter_op):
+    ours, theirs = _run_scatter(case, scatter_op)
+    err = rel_err(ours, theirs)
+    print(f"scatter {case}: rel err {err:.2e}")
+    assert err < SCATTER_TOL[case]
+
+
+def test_scatter_fps_reference_weights_are_lost_to_rounding(scatter_op, monkeypatch):
+    """The reference's FPS on inverse scattering resamples uniformly: its y-sequence holds
+    U^T y' / S on every coordinate, ~1e12 where its singular values are ~1e-16 (91 of 1024 are
+    below 1e-12 at 32^2), and those squares swamp the particles' log-weights in float64 (its
+    weights are exactly 1 from the second step on). Reference mode keeps the data's weights (it
+    has no such singular values: 0 beyond its rank, where the target is 0), so it differs
+    (8 % here); with uniform weights it equals the reference."""
+    import algo.fps
+
+    ours, theirs = _run_scatter("fps", scatter_op)
+    assert rel_err(ours, theirs) > 0.01  # measured 0.081
+    resample = algo.fps.resample
+    monkeypatch.setattr(
+        algo.fps, "resample", lambda log_w, u, *a: resample(torch.zeros_like(log_w), u, *a)
+    )
+    ours, theirs = _run_scatter("fps", scatter_op)
+    assert rel_err(ours, theirs) < 1e-6, rel_err(ours, theirs)

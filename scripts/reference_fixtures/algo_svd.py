@@ -128,12 +128,15 @@ def _midpoints(probs: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
 
 
 @contextlib.contextmanager
-def record_multinomial(draws: list):
-    """Record every multinomial draw (torch.multinomial, Tensor.multinomial) as uniforms."""
+def record_multinomial(draws: list, marks: list | None = None):
+    """Record every multinomial draw (torch.multinomial, Tensor.multinomial) as uniforms; their
+    positions in ``draws`` go to ``marks``."""
     fn, method = torch.multinomial, torch.Tensor.multinomial
 
     def recorded(probs, num_samples, *args, **kwargs):
         out = fn(probs, num_samples, *args, **kwargs)
+        if marks is not None:
+            marks.append(len(draws))
         draws.append(_midpoints(probs, out))
         return out
 
@@ -187,8 +190,103 @@ def toy(arrays, unnorm_scale: float):
     return Thin()
 
 
+# Image-sized family fixtures: inverse scattering at inv-scatter-small's size with the exact
+# stationary-field prior of algo_guidance.py (reduced steps and particles). DDSMC: 20 steps and
+# rho 47 -> 1e-4 (the reference's floor 0.01 leaves rho above the next sigma late in a short grid:
+# a negative proposal variance, NaN).
+SCATTER_CASES = {
+    "ddrm": CASES["ddrm"][:2],
+    "ddnm": CASES["ddnm"][:2],
+    "fps": CASES["fps"][:2],
+    "mcgdiff": (
+        "algo.mcgdiff.MCG_diff",
+        {"scheduler_config": {"num_steps": 10, **EDM}, "num_particles": 2},
+    ),
+    "ddsmc": (
+        "algo.ddsmc.DDSMC",
+        {
+            **DDSMC,
+            "smc_config": {"resampling_method": "multinomial", "num_particles": 2},
+            "annealing_scheduler_config": {"num_steps": 20, "sigma_final": 0, **EDM},
+            "rho_scheduler_config": {
+                **DDSMC["rho_scheduler_config"],
+                "num_steps": 20,
+                "sigma_min": 1e-4,
+            },
+        },
+    ),
+}
+
+
+def scatter(args) -> None:
+    """``algo_scatter_<case>.npz`` for the SVD family. The reference's spectral draws are in
+    the coordinates of its own SVD, which this project's (computed differently, with other
+    signs and another basis of the unmasked subspace) does not share: each spectral draw z is
+    saved as the image-space vector V z (from the reference's V_t, stored in float32), and the
+    test maps it into its own basis. The samplers treat the masked-out coordinates alike, so a
+    rotation of that subspace changes nothing. Draws saved that way are listed in the meta."""
+    import os
+    import tempfile
+
+    from algo_guidance import SCATTER, SCATTER_UNITS, FieldNet, field_spectrum
+
+    from inverse_problems.inverse_scatter import InverseScatter  # the reference's
+
+    spectrum = field_spectrum()
+    g = torch.Generator().manual_seed(2024)
+    white = torch.randn(1, 1, 32, 32, dtype=torch.float64, generator=g)
+    x_true = torch.fft.ifft2(
+        torch.as_tensor(spectrum).sqrt() * torch.fft.fft2(white, norm="ortho"), norm="ortho"
+    ).real
+    home = os.getcwd()
+    with tempfile.TemporaryDirectory() as tmp:
+        os.chdir(tmp)  # the reference caches its SVD under ./cache
+        try:
+            op = InverseScatter(**SCATTER, svd=True, **SCATTER_UNITS)
+        finally:
+            os.chdir(home)
+    n = op.V_t.shape[0]
+    clean = op.forward(x_true)  # (1, T, R) complex
+    noise = torch.randn(clean.shape, dtype=clean.dtype, generator=g)  # CN(0, 1)
+    y = clean + SCATTER_UNITS["sigma_noise"] * noise
+    for seed, (case, (path, kwargs)) in enumerate(SCATTER_CASES.items()):
+        algo = build(path, kwargs, FieldNet(spectrum), op)
+        uniforms = []
+        with record_draws(200 + seed) as draws, record_multinomial(draws, uniforms):
+            out = algo.inference(y, num_samples=1).detach()
+        assert torch.isfinite(out).all(), case
+        spectral = [
+            i
+            for i, d in enumerate(draws)
+            if i not in uniforms and d.shape[-1] == n and tuple(d.shape[-3:]) != (1, 32, 32)
+        ]
+        for i in spectral:  # float32 (4e-8 relative): the fixture stays small
+            draws[i] = (draws[i].to(torch.float64) @ op.V_t).float()
+        meta = {
+            "algorithm": path,
+            "config": kwargs,
+            "seed": 200 + seed,
+            "spectral_draws": spectral,
+            **SCATTER,
+            **SCATTER_UNITS,
+        }
+        save(
+            args.out / f"algo_scatter_{case}.npz",
+            args.reference,
+            meta,
+            x=out.numpy(),
+            y_obs=torch.view_as_real(y).numpy(),
+            x_true=x_true.numpy(),
+            spectrum=spectrum,
+            **draws_as_arrays(case, draws),
+        )
+        print(f"  scatter {case}: {len(draws)} draws, |x| = {float(out.norm()):.4f}", flush=True)
+
+
 def main() -> None:
     args = parse_args(__doc__)
+    torch.set_num_threads(1)
+    scatter(args)
     arrays = make_toy(seed=0, sigma_noise=0.1)
     for seed, (case, (path, kwargs, unnorm_scale)) in enumerate(CASES.items()):
         net = ToyNet(arrays["mu"], arrays["cov"])
