@@ -11,6 +11,7 @@ Results go to ``<problem.exp_dir>/<algorithm.name>/<exp_name>/``: the resolved `
 from __future__ import annotations
 
 import hashlib
+import importlib
 import logging
 import os
 import re
@@ -25,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from inverse_problems.black_box import BlackBox
-from models.loading import build_prior
+from models.loading import build_prior, shape_only
 from utils.compat import check_compat
 from utils.compute import CountingNet, CountingOperator, Counts, Stopwatch
 from utils.experiment import ExperimentFolder, fingerprint
@@ -101,17 +102,27 @@ def make(node, **kwargs):
         raise
 
 
+def uses_prior(method) -> bool:
+    """Whether the algorithm evaluates a prior (its class attribute ``uses_prior``, true unless a
+    prior-free method says otherwise)."""
+    module, _, name = str(method._target_).rpartition(".")
+    return bool(getattr(getattr(importlib.import_module(module), name), "uses_prior", True))
+
+
 def build(config: DictConfig, device: torch.device):
     """Operator, test set, prior, algorithm, evaluator; every check happens here, before work."""
     testset = make(config.problem.data)  # data files first: the cheapest to check
     forward_op = make(config.problem.model, device=device)
     try:
-        net = build_prior(
-            config.pretrain.model,
-            config.problem.get("prior"),
-            device,
-            allow_pickle=config.allow_pickle,
-        )
+        if uses_prior(config.algorithm.method):
+            net = build_prior(
+                config.pretrain.model,
+                config.problem.get("prior"),
+                device,
+                allow_pickle=config.allow_pickle,
+            )
+        else:  # prior-free baselines run without a checkpoint
+            net = shape_only(config.pretrain.model)
         if config.compile:
             net = torch.compile(net)
         counts = Counts()

@@ -60,6 +60,7 @@ class DataFitBaseline(Algo):
     truth or a constant) and the optional box ``bounds`` applied after each step."""
 
     requires = frozenset({"gradient"})
+    uses_prior = False  # runs without a checkpoint (main.py gives it the image shape only)
 
     def __init__(self, net, forward_op, init, init_sigma, init_value, bounds):
         super().__init__(net, forward_op)

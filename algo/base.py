@@ -60,6 +60,9 @@ def chunked_items(fn, x: torch.Tensor, observation: Observation, chunk_size: int
 class Algo(ABC):
     #: Operator capabilities the algorithm needs (inverse_problems/base.py).
     requires: frozenset[str] = frozenset()
+    #: False for prior-free methods: main.py then loads no checkpoint and passes a stand-in with
+    #: the image shape (models.loading.NoPrior).
+    uses_prior: bool = True
 
     def __init__(self, net, forward_op):
         require_capabilities(self.requires, forward_op, type(self).__name__)

@@ -26,6 +26,7 @@ MODES = ("Sense", "L1Wavelet", "TV")
 
 class CompressedSensingMRI(Algo):
     requires = frozenset()
+    uses_prior = False  # runs without a checkpoint (main.py gives it the image shape only)
 
     def __init__(self, net, forward_op, mode: str = "L1Wavelet", lamda: float = 1e-6, max_iter=100):
         super().__init__(net, forward_op)

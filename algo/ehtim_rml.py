@@ -28,6 +28,7 @@ from inverse_problems.eht import RADPERUAS
 
 class EhtimRML(Algo):
     requires = frozenset()
+    uses_prior = False  # runs without a checkpoint (main.py gives it the image shape only)
 
     def __init__(
         self,

@@ -77,6 +77,7 @@ def tv_prox(b, lam, iters, bounds=None, dual=None):
 
 class FISTATV(Algo):
     requires = frozenset({"linear", "gradient"})
+    uses_prior = False  # runs without a checkpoint (main.py gives it the image shape only)
 
     def __init__(
         self,

@@ -130,6 +130,29 @@ def load_weights(net: torch.nn.Module, path, allow_pickle: bool = False) -> None
     )
 
 
+class NoPrior(torch.nn.Module):
+    """Stands in for the prior of a prior-free method (RML, FISTA-TV, CS-MRI, data-fit
+    baselines): it has the image shape the method needs and refuses to be evaluated."""
+
+    def __init__(self, img_channels: int, img_resolution: int):
+        super().__init__()
+        self.img_channels, self.img_resolution = int(img_channels), int(img_resolution)
+        self.shape = (self.img_channels, self.img_resolution, self.img_resolution)
+        self.sigma_min, self.sigma_max = 0.0, float("inf")
+
+    def forward(self, *args, **kwargs):
+        raise RuntimeError("this method declared uses_prior = False but evaluated the prior")
+
+
+def shape_only(model_config) -> NoPrior:
+    """The image shape of a ``pretrain.model`` config, without building or loading the network."""
+    cfg = OmegaConf.to_container(model_config, resolve=True)
+    if "img_channels" in cfg and "img_resolution" in cfg:
+        return NoPrior(cfg["img_channels"], cfg["img_resolution"])
+    net = instantiate(model_config)  # analytic priors: cheap, and they know their shape
+    return NoPrior(net.shape[0], net.shape[-1])
+
+
 def build_prior(model_config, prior_path=None, device="cpu", allow_pickle: bool = False):
     """Instantiate the prior network; load weights from ``prior_path`` when given."""
     net = instantiate(model_config)

@@ -209,3 +209,17 @@ def test_training_resume_skips_a_damaged_checkpoint_and_refuses_changed_settings
         with pytest.raises(ValueError, match="other settings"):
             train(_train_cfg(tmp_path, "train.num_steps=8", change))
         assert (tmp_path / "toy-grf" / "config.yaml").read_text() == saved
+
+
+def test_prior_free_baselines_run_without_a_checkpoint(config_factory, tmp_path):
+    """fista_tv on inv-scatter-small with problem.prior pointing nowhere: no checkpoint needed."""
+    summary = run(
+        config_factory(
+            ["problem=inv-scatter-small", "algorithm=fista_tv", "problem.data.id_list=0",
+             f"problem.prior={tmp_path}/missing.pt"]
+        )
+    )  # fmt: skip
+    assert summary["psnr"] > 25
+    with pytest.raises(FileNotFoundError, match="prior checkpoint not found"):
+        run(config_factory(["problem=inv-scatter-small", "algorithm=dps", "problem.data.id_list=0",
+                            f"problem.prior={tmp_path}/missing.pt"]))  # fmt: skip
