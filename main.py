@@ -186,23 +186,35 @@ def finite_rows(t: torch.Tensor) -> list[bool]:
 
 
 def solve_batch(config, forward_op, testset, algo, counts, indices, device):
-    """Simulate and solve a batch of items; returns per-item (observation, recon, compute)."""
+    """Simulate (or, for observed items, take) the measurements of a batch of items and solve
+    it; yields per-item (id, observation, recon, target or None, compute)."""
     ids = [int(testset.id_list[i]) for i in indices]
     data = collate([testset[i] for i in indices])
-    observation = forward_op(data, BatchRNG.for_items(config.seed, ids, OBSERVATION, device))
+    observed = "target" not in data  # measured data: no truth to simulate from
+    if observed:
+        observation = forward_op.observe(data).to(device)
+    else:
+        observation = forward_op(data, BatchRNG.for_items(config.seed, ids, OBSERVATION, device))
     bad = [i for i, ok in zip(ids, finite_rows(observation.y), strict=True) if not ok]
     if bad:
         raise ValueError(
-            f"the simulated measurements of items {bad} hold NaN or infinite values: the data "
-            "(or the item's physics) are broken, not the algorithm; fix the data or leave those "
-            "items out with id_list"
+            f"the {'observed' if observed else 'simulated'} measurements of items {bad} hold NaN "
+            "or infinite values: the data (or the item's physics) are broken, not the "
+            "algorithm; fix the data or leave those items out with id_list"
         )
     rng = BatchRNG.for_items(config.seed, ids, ALGORITHM, device)
     counts.reset()
     receiver = StepReceiver(config, len(ids))
     with Stopwatch(device) as watch, reporting(receiver):
         # oracle starts (data-fit baselines from a smoothed truth) get the normalized target
-        extra = {"target": data["target"].to(device)} if getattr(algo, "uses_target", False) else {}
+        extra = {}
+        if getattr(algo, "uses_target", False):
+            if observed:
+                raise ValueError(
+                    f"{type(algo).__name__} starts from the (smoothed) truth, which observed "
+                    "data do not have; use its init=constant"
+                )
+            extra = {"target": data["target"].to(device)}
         recon = algo.inference(observation, num_samples=config.num_samples, rng=rng, **extra)
     n, b = config.num_samples, len(ids)
     if recon.shape[0] != b * n:
@@ -218,11 +230,12 @@ def solve_batch(config, forward_op, testset, algo, counts, indices, device):
         "peak_mb": watch.peak_mb,
     }
     recon = forward_op.unnormalize(recon.detach()).reshape(b, n, *recon.shape[1:])
-    target = forward_op.unnormalize(data["target"].to(device))
+    target = None if observed else forward_op.unnormalize(data["target"].to(device))
     fitting = receiver.per_item("data_fitting_loss", b)  # the reference's last logged value
     for j, item_id in enumerate(ids):
         extra = {} if fitting is None else {"data_fitting_loss": fitting[j]}
-        yield item_id, observation.item(j), recon[j], target[j : j + 1], {**compute, **extra}
+        item_target = None if target is None else target[j : j + 1]
+        yield item_id, observation.item(j), recon[j], item_target, {**compute, **extra}
 
 
 def run(config: DictConfig) -> dict:
@@ -375,7 +388,7 @@ def _run_items(
 
     def record(item_id: int) -> None:
         res = load_result(result_path(exp_dir, item_id))
-        values = evaluator(res["recon"], res["target"], res["observation"])
+        values = evaluator(res["recon"], res.get("target"), res["observation"])
         # The fraction of the item's samples with a NaN or inf: said loudly, never averaged away.
         bad = ~torch.isfinite(res["recon"].flatten(1)).all(1)
         values["nonfinite"] = float(bad.double().mean())

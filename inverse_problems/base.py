@@ -139,6 +139,22 @@ class BaseOperator(ABC):
             y = y + std.reshape(-1, *[1] * (y.dim() - 1)).to(y.real.dtype) * noise
         return Observation(y, physics)
 
+    def observe(self, data: Mapping[str, torch.Tensor]) -> Observation:
+        """Measured data as an ``Observation``: a dataset of observations (no ``target``) gives
+        ``observation`` (B, ...) in this operator's measurement layout plus the per-item physics.
+        Operators whose measurements need preparation (closure quantities, coil maps) override
+        this."""
+        if "observation" not in data:
+            raise ValueError(
+                f"{type(self).__name__}: a data item without 'target' must hold 'observation' "
+                "(measured data); this dataset has neither"
+            )
+        physics = {k: data[k].to(self.device) for k in self.physics_keys if k in data}
+        missing = [k for k in self.physics_keys if k not in data and k != "sigma_noise"]
+        if missing:
+            raise ValueError(f"{type(self).__name__}: observed items lack the physics {missing}")
+        return Observation(data["observation"].to(self.device), physics)
+
     # -- data fit --------------------------------------------------------------------------------
     def loss_m(self, measurements: torch.Tensor, observation: Observation) -> torch.Tensor:
         """Squared misfit ||A(x) - y||^2 per row, from measurements A(x) (rows, ...)."""

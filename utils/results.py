@@ -48,9 +48,10 @@ def save_result(
         "observation": state["y"],
         "physics": state["physics"],
         "recon": recon.detach().cpu(),
-        "target": target.detach().cpu(),
         "compute": dict(compute),
     }
+    if target is not None:  # observed data have no target
+        record["target"] = target.detach().cpu()
     if fingerprint is not None:
         record["fingerprint"] = fingerprint
     atomic_torch_save(record, path)
