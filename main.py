@@ -392,6 +392,12 @@ def _run_items(
         # The fraction of the item's samples with a NaN or inf: said loudly, never averaged away.
         bad = ~torch.isfinite(res["recon"].flatten(1)).all(1)
         values["nonfinite"] = float(bad.double().mean())
+        if values.get("poor_fit", 0) > 0:  # an evaluator's verdict: the data were not fitted
+            fit = [f"{k} {v:.3g}" for k, v in values.items() if "chi2" in k or "misfit" in k]
+            log.warning(
+                f"item {item_id}: POOR FIT -- the result does not fit its data "
+                f"({', '.join(fit)}); the image shows the prior more than the measurements"
+            )
         if "data_fitting_loss" in res.get("compute", {}):  # reported by the algorithm's last step
             values["data_fitting_loss"] = res["compute"]["data_fitting_loss"]
         if bad.any():
