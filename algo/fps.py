@@ -248,8 +248,10 @@ class FPS(Algo):
         zero singular value (inverse scattering: 91 of 1024 below 1e-12 at 32^2): its
         y-sequence holds U^T y' / S there (~1e12), whose squares swamp the particles' log-weights
         in float64, and it resamples uniformly. ``reference_weights`` 'auto' (the default)
-        copies that when the thin basis is larger than the operator's numerical rank (the
-        directions beyond it are the ones), 'data' keeps the weights, 'uniform' drops them."""
+        copies that when the operator's SVD is truncated numerically (``svd_rtol``) and the thin
+        basis is larger than its rank (the directions beyond it are the ones); exactly zero
+        singular values (the exact test problems) give NaN in the reference (0 / 0), a crash
+        that stays fixed: the weights are kept. 'data' keeps them, 'uniform' drops them."""
         op, phys, sched = self.forward_op, observation.physics, self.scheduler
         P = self.num_particles
         sp = reference_spectrum(op, observation, self.shape, num_samples)
@@ -261,8 +263,9 @@ class FPS(Algo):
         keep = math.sqrt(1 - self.eta**2)
         dev = sp.S.device
         rank = singular_values(op, observation).shape[1]
+        truncated = getattr(op, "svd_rtol", None) is not None  # numerically truncated SVD
         uniform = self.reference_weights == "uniform" or (
-            self.reference_weights == "auto" and n > rank
+            self.reference_weights == "auto" and truncated and n > rank
         )
 
         def noise(*shape):

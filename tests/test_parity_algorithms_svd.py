@@ -68,10 +68,6 @@ def _build(case, compat):
     if "smc_config" in config:
         config["smc_config"] = dict(config["smc_config"])
     algo = CLASSES[meta["algorithm"]](toy_net(arrays), op, **config, compat=compat)
-    if isinstance(algo, FPS):
-        # The toy's masked directions have U^T y' = 0 exactly (no data there), so the
-        # reference's weights survive; a real operator has noise there (see the scatter test).
-        algo.reference_weights = "data"
     return algo, obs, arrays, meta
 
 
