@@ -23,17 +23,18 @@ The x0 estimate's grid is the paper's code's (ode_sampler of github devzhk/enkg-
 from sigma_i to sigma_min and a final Euler step to 0, i.e. n - 1 ODE steps and then the
 denoiser's output, in both modes. An earlier version of this file took n ODE steps to sigma_min
 on an (n + 1)-point grid instead (same cost, no final denoising). Neither is uniformly closer to
-the exact posterior: on the gmm test the paper's grid was slightly better, on grf and on the toy
-linear-Gaussian problem of the parity tests the finer one (docs/deviations.md has the numbers),
-so the published method's grid is kept.
+the exact posterior: on the gmm test the paper's grid was slightly better, on grf, on the toy
+linear-Gaussian problem of the parity tests and on navier-stokes-grf the finer one
+(docs/deviations.md has the numbers), so the published method's grid is kept.
 
 The forward model sees all J particles of all items of a batch in calls of at most ``batch_size``
 rows; the network likewise. Memory is the ensemble itself plus one chunk.
 
-``compat``: ``reference`` computes the grids in float32 with the inner grid's rho = 7 and end point
-0.002 fixed, as InverseBench's algo/enkg.py does (its ``rho`` and ``sigma_min`` set the outer
-grid only); ``corrected`` computes them in float64 and uses ``rho`` and ``sigma_min`` for both
-grids (the same numbers at the default values). Fixed in both modes, listed in docs/deviations.md:
+``compat``: ``reference`` computes the grids and the Kalman step in float32 with the inner grid's
+rho = 7 and end point 0.002 fixed, as InverseBench's algo/enkg.py does (its ``rho`` and
+``sigma_min`` set the outer grid only); ``corrected`` computes them in float64 and uses ``rho`` and
+``sigma_min`` for both grids (the same method at the default values). Fixed in both modes, listed
+in docs/deviations.md:
   * particles past the last full ``batch_size`` chunk are denoised like the others (the reference
     leaves their x0 and denoised values at zero -- with J < batch_size it never calls the network);
   * per-item ensembles: a batch of items is solved at once, each with its own ensemble and step;
