@@ -115,7 +115,7 @@ def test_batch_size_invariance(name):
 
 
 def test_dpg_carries_no_state_between_calls():
-    """The reference kept DPG's EMA and momentum on the object (its bug §6.12): a second call, or
+    """The reference kept DPG's EMA and momentum on the object (docs/deviations.md): a second call, or
     a call after another item, must give exactly what a fresh call gives."""
     gmm, op, obs, ids = _problem(num_items=2)
     algo = MAKERS["dpg"](AnalyticPrior(gmm), op, steps=12)
@@ -140,7 +140,7 @@ class Recorder(torch.nn.Module):
 
 def test_scg_threshold_step_is_a_guided_step():
     """With N = 4 and threshold 0.5 the boundary step T = 2 is the only guided step (the last step
-    returns x0_hat). The reference jumped to x0_hat at i == T (its bug §6.11); here step T must
+    returns x0_hat). The reference jumped to x0_hat at i == T (docs/deviations.md); here step T must
     denoise K candidates at sigma_{T+1} and return the x0_hat of the one with the smallest loss."""
     gmm, op, obs, ids = _problem(num_items=2)
     k, n = 16, 5

@@ -1,7 +1,7 @@
 """Distributions with closed-form noised marginals, denoisers and linear-Gaussian posteriors.
 
 Everything is computed in float64 on flattened vectors x of dimension d (rows first). Noising
-follows EDM: x_sigma = x_0 + sigma * eps. Formulas: ../shared/reference/exact-posterior.md §3.3.
+follows EDM: x_sigma = x_0 + sigma * eps. Formulas: docs/exact-posteriors.md.
 
 * ``GaussianMixture``: weights, means and covariances, either one covariance shared by all
   components ("tied", stored once) or one per component. A Gaussian is a one-component mixture.
