@@ -221,7 +221,8 @@ class DDSMC(Algo):
         itself (not divided by unnorm_scale); the particles start at V^T of image noise
         sigma_max e (so the directions outside the thin basis are dropped); the last step to
         sigma = 0 moves to the rho-posterior mean and weights the move as if it were the
-        target's; the final weight is N(y'; S x, sigma_noise^2) without a floor; a
+        target's; the final weight is N(y'; S x, sigma_noise^2) without a floor (noise-free
+        data, NaN in the reference, get a variance of 1e-300); a
         negative proposal variance (NaN in the reference) is clamped to 0; resampling as
         configured at every step, from ``rng``'s uniforms (multinomial by inverse CDF); the
         final particle by its weights. rho_k comes from ``rho_scheduler_config`` as here."""
@@ -237,7 +238,8 @@ class DDSMC(Algo):
         dev = sp.S.device
 
         def log_lik(x0, rho_k):
-            var = sy2 + rho_k**2 * S.square()
+            # var = 0 (noise-free data, last step) is 0 / 0 in the reference; TINY here.
+            var = (sy2 + rho_k**2 * S.square()).clamp_min(TINY)
             r2 = torch.where(obs, (S * x0 - y).square() / torch.where(obs, var, 1.0), 0.0)
             return -0.5 * r2.sum(-1)
 

@@ -232,3 +232,13 @@ def test_scatter_fps_reference_weights_are_lost_to_rounding(scatter_op):
     assert rel_err(ours, theirs) < 1e-6, rel_err(ours, theirs)
     ours, theirs = _run_scatter("fps", scatter_op, reference_weights="data")
     assert rel_err(ours, theirs) > 0.01  # measured 0.081
+
+
+@pytest.mark.parametrize("case", ["ddrm", "ddnm", "fps", "mcgdiff", "ddsmc"])
+def test_reference_mode_takes_noise_free_data(case):
+    """sigma_noise = 0: the reference's DDSMC divides 0 by 0 in its last weight (NaN), and its
+    DDRM, DDNM and FPS have their own floors or shortcuts; reference mode stays finite."""
+    algo, obs, _ = _toy_batch(case, "reference", items=1)
+    algo.forward_op.sigma_noise = 0.0
+    x = algo.inference(obs, num_samples=3, rng=BatchRNG.for_items(0, [0], ALGORITHM))
+    assert torch.isfinite(x).all()
