@@ -449,6 +449,8 @@ def solver_for(survey: Survey) -> ShotSolver:
     """
     if survey in _SOLVERS:
         return _SOLVERS[survey]
+    # configure (quiet logging, cache folders) before unpickling imports Devito with its defaults
+    _configure_devito()
     path = _solver_file(survey)
     solver = None
     if path.is_file():
