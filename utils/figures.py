@@ -31,6 +31,7 @@ backend or figure state, safe in worker processes without a display.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -44,6 +45,20 @@ from utils.io import _atomic_write
 RADPERUAS = math.pi / 180.0 / 3600.0 / 1e6
 #: M87* (J2000), the EHT 2017 target; the FITS position when the operator does not give one
 M87 = {"source": "M87", "ra": 12.513728717, "dec": 12.39112324, "rf": 230e9, "mjd": 57849}
+
+
+def default_style(fn):
+    """Run ``fn`` under matplotlib's default rcParams: figures look the same whatever a library
+    imported before changed globally (ehtim sets a serif font on import)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        import matplotlib.style
+
+        with matplotlib.style.context("default"):
+            return fn(*args, **kwargs)
+
+    return wrapper
 
 
 @dataclass(frozen=True)
@@ -177,7 +192,7 @@ def measurement_panel(style: FieldStyle, result, forward_op=None, problem=None) 
         dirty = (dft.detach().cpu().to(torch.float64) @ ri).reshape(n, n) / vis.shape[0]
         own = replace(style, unit="mJy / beam", nonnegative=False)
         title = "dirty image" + (
-            " (gains)" if getattr(forward_op, "noise_type", "") == "eht" else ""
+            " (uncalibrated)" if getattr(forward_op, "noise_type", "") == "eht" else ""
         )
         return Panel(title, dirty.numpy() * style.scale, "own", own)
     if style.kind == "mri":
@@ -247,6 +262,7 @@ def _limits(panel: Panel, style: FieldStyle, field_range: tuple[float, float]):
     return (*field_range, style.cmap)
 
 
+@default_style
 def draw_panels(panels: list[Panel], style: FieldStyle, title: str | None = None, size=2.9):
     """A one-row matplotlib ``Figure`` of ``panels`` with a colour bar each."""
     from matplotlib.figure import Figure
@@ -283,6 +299,7 @@ def draw_panels(panels: list[Panel], style: FieldStyle, title: str | None = None
     return fig
 
 
+@default_style
 def save_figure(fig, path, dpi: int = 110) -> Path:
     """Write a ``Figure`` (PNG, or the format of the suffix) atomically."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg

@@ -43,6 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
+from utils.figures import default_style
 from utils.io import atomic_write_text
 
 COMPUTE = ("nfe", "op_forward", "op_gradient", "op_linear", "seconds", "peak_mb")
@@ -450,6 +451,7 @@ def primary_metric(table: Table, metric: str | None = None) -> str | None:
     return ranked[0] if ranked else (table.metrics[0] if table.metrics else None)
 
 
+@default_style
 def compute_figure(table: Table, metric: str | None = None):
     """Quality (mean +- std over items) against seconds and NFE per item, one point per row;
     None when the table has no metric."""
@@ -497,6 +499,7 @@ def common_items(table: Table, limit: int) -> list[int]:
     return sorted(shared or ())[:limit]
 
 
+@default_style
 def grid_figure(table: Table, num_items: int = 4, size: float = 2.2):
     """Rows = the first ``num_items`` common items, columns = target | each row's estimate (the
     mean over its samples), one colour scale per item (the target's and the estimates' range)
