@@ -107,18 +107,20 @@ class Run:
 
 
 def _reference_aliases(evaluator_target: str | None) -> set[str]:
-    """The reference's duplicate keys of an evaluator class (``module.Class``), or of every
-    evaluator in eval.py when the class cannot be imported."""
+    """The reference's duplicate keys: those of the run's evaluator class (``module.Class``)
+    and of every evaluator in eval.py (a run may predate a class's current names; no alias is
+    one of our metric names)."""
+    out = set()
     try:
         module, name = str(evaluator_target).rsplit(".", 1)
-        return set(getattr(importlib.import_module(module), name).reference_names.values())
-    except Exception:  # an old run, or an evaluator since renamed: every known alias
+        out |= set(getattr(importlib.import_module(module), name).reference_names.values())
+    except Exception:  # an old run, or an evaluator since renamed: the known aliases below
         pass
     try:
         from eval import Evaluator
     except Exception:
-        return set()
-    out, todo = set(), [Evaluator]
+        return out
+    todo = [Evaluator]
     while todo:
         cls = todo.pop()
         out |= set(getattr(cls, "reference_names", {}).values())
