@@ -167,8 +167,11 @@ def _observation(result) -> tuple[torch.Tensor | None, dict]:
     if obs is None:
         return None, {}
     if hasattr(obs, "y"):
-        return obs.y, dict(obs.physics)
-    return torch.as_tensor(obs), dict(result.get("physics") or {})
+        y, physics = obs.y, obs.physics
+    else:
+        y, physics = torch.as_tensor(obs), result.get("physics") or {}
+    cpu = {k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in physics.items()}
+    return y.detach().cpu(), cpu
 
 
 def measurement_panel(style: FieldStyle, result, forward_op=None, problem=None) -> Panel | None:
@@ -181,12 +184,11 @@ def measurement_panel(style: FieldStyle, result, forward_op=None, problem=None) 
     y, physics = _observation(result)
     if y is None:
         return None
-    y = y.detach().cpu()
     if style.kind == "blackhole":
         dft = getattr(forward_op, "dft", None)
         if dft is None or "vis" not in physics:
             return None
-        vis = torch.as_tensor(physics["vis"]).to(torch.float64).reshape(-1, 2)  # (m, [re, im])
+        vis = physics["vis"].to(torch.float64).reshape(-1, 2)  # (m, [re, im])
         ri = torch.cat([vis[:, 0], vis[:, 1]])
         n = math.isqrt(dft.shape[0])
         dirty = (dft.detach().cpu().to(torch.float64) @ ri).reshape(n, n) / vis.shape[0]
@@ -202,7 +204,7 @@ def measurement_panel(style: FieldStyle, result, forward_op=None, problem=None) 
         if maps is None:
             return None
         k = torch.view_as_complex(y.to(torch.float64).contiguous()).reshape(-1, *maps.shape[-3:])
-        img = (ifft2c(k[0]) * torch.as_tensor(maps).reshape(-1, *maps.shape[-3:])[0].conj()).sum(0)
+        img = (ifft2c(k[0]) * maps.reshape(-1, *maps.shape[-3:])[0].conj()).sum(0)
         return Panel("zero-filled", img.abs().numpy(), "own", style)
     if style.kind == "vorticity":
         obs = y.to(torch.float64).reshape(-1, *y.shape[-2:])[0].numpy()

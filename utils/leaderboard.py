@@ -11,7 +11,8 @@ come) are listed as skipped.
 Tables: one per (problem, compat mode) -- the two modes score with different physics and
 metrics, so their numbers are never ranked together -- with one row per (algorithm, exp_name)
 (a run under another exp_name, e.g. other hyperparameters, is its own row, labelled
-``algorithm [exp_name]``). Columns: the items and samples per item, every metric as mean (std
+``algorithm [exp_name]``); rows without network evaluations (the baselines) come first, then
+the others by name. Columns: the items and samples per item, every metric as mean (std
 over the items), then the compute per item (network evaluations, operator forward and gradient
 calls, seconds, peak memory in MB). The best mean of each metric column is marked (bold); which
 way is better is ``direction``'s rule (PSNR/SSIM up; errors, distances, misfits and chi^2 down --
@@ -265,7 +266,8 @@ def build_tables(runs: Iterable[Run], metrics: list[str] | None = None) -> list[
         groups.setdefault((run.problem, run.compat), []).append(run)
     tables = []
     for (problem, compat), rows in sorted(groups.items()):
-        rows = sorted(rows, key=lambda r: (r.algorithm, r.exp_name))
+        # methods without a network (baselines: FISTA-TV, Adam, ...) first, as the paper's tables
+        rows = sorted(rows, key=lambda r: ((r.value("nfe") or 0) > 0, r.algorithm, r.exp_name))
         cols: list[str] = []
         for r in rows:
             cols.extend(m for m in r.metrics if m not in cols)
