@@ -1,0 +1,245 @@
+"""Measured data as test items: observations without a ground truth.
+
+An item of these datasets has no ``target``; ``main.py`` hands it to the operator's ``observe``
+instead of simulating, and the evaluators score the result against the data alone.
+
+* ``ObservedUVFits``: one EHT observation per uvfits file (the format ehtim reads and writes),
+  prepared as the EHT imaging pipelines do (``inverse_problems.eht.load_measured``: Stokes I,
+  autocorrelations dropped, scan averaging with the file's own thermal sigmas, the total flux
+  from the zero baselines, which are then flagged). Items are padded to the largest file of the
+  set (``valid`` marks each file's own visibilities). Checked at set-up, naming the file:
+  frequency (``frequency_ghz`` within ``frequency_tolerance``), stations (``stations``: codes
+  the data must contain; at least three stations at some time stamp for a closure phase).
+* ``ObservedKSpace``: raw multi-coil k-space in the fastMRI HDF5 layout (``kspace`` (slices,
+  coils, H, W) complex; an optional ``mask`` (W,) of the acquired lines, else read off the
+  non-zero columns) without a reconstruction; the coil maps are estimated from the same data by
+  ESPIRiT (Uecker et al., MRM 71, 2014; sigpy's ``EspiritCalib``) on the fully sampled
+  calibration lines. An optional ``reconstruction_rss`` / ``reconstruction`` is not a target
+  of the solver: a ``reference`` key (a complex image (2, H, W)) can be given separately.
+
+Nothing is downloaded: every path is a local file.
+"""
+
+from __future__ import annotations
+
+import glob
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from utils.helper import select_ids
+
+
+def _files(files, suffixes: tuple[str, ...], what: str) -> list[Path]:
+    """A list of paths from a path, a folder (its files with ``suffixes``), a glob or a list."""
+    items = [files] if isinstance(files, (str, Path)) else list(files or [])
+    out: list[Path] = []
+    for f in items:
+        f = str(f)
+        if any(c in f for c in "*?["):
+            found = sorted(Path(p) for p in glob.glob(f))
+        elif Path(f).is_dir():
+            found = sorted(p for p in Path(f).iterdir() if p.suffix.lower() in suffixes)
+        else:
+            found = [Path(f)]
+        if not found:
+            raise FileNotFoundError(f"no {what} files match {f}")
+        out.extend(found)
+    if not out:
+        raise ValueError(f"give the {what} files (problem.data.files: a path, folder or glob)")
+    for p in out:
+        if not p.is_file():
+            raise FileNotFoundError(f"{what} file {p} not found")
+    return out
+
+
+def _codes(names, width: int = 8) -> np.ndarray:
+    """Station codes as (S, width) uint8 ASCII (tensors cannot hold strings)."""
+    out = np.zeros((len(names), width), dtype=np.uint8)
+    for i, s in enumerate(names):
+        b = str(s).encode("ascii", "replace")[:width]
+        out[i, : len(b)] = np.frombuffer(b, dtype=np.uint8)
+    return out
+
+
+def station_names(codes: torch.Tensor) -> list[str]:
+    """The station codes of ``_codes`` back as strings (empty rows dropped)."""
+    rows = codes.detach().cpu().numpy().astype(np.uint8)
+    names = [bytes(r[r > 0]).decode("ascii") for r in rows]
+    return [n for n in names if n]
+
+
+class ObservedUVFits(Dataset):
+    """EHT observations in uvfits files as measured test items (module docstring).
+
+    ``files``: a path, a folder of ``*.uvfits``, a glob, or a list of those; item i is the i-th
+    file in that order. Per item: ``vis_jy`` (m, 2) Stokes I (re, im), ``sigma_jy`` (m), ``uv``
+    (m, 2) wavelengths, ``time`` (m) hours, ``t1`` / ``t2`` (m) station indices into
+    ``stations`` (S, 8) (the file's own codes), ``tint`` (m) s, ``valid`` (m), ``zero_flux``
+    (Jy, NaN without zero baselines) and ``source`` (ra h, dec deg, rf Hz, bw Hz, mjd)."""
+
+    def __init__(
+        self,
+        files,
+        frequency_ghz: float = 230.0,
+        frequency_tolerance: float = 0.05,
+        stations=None,
+        scan_average: bool = True,
+        id_list=None,
+    ):
+        from inverse_problems.eht import load_measured
+
+        self.paths = _files(files, (".uvfits", ".uvf", ".fits"), "uvfits")
+        self.id_list = select_ids(id_list, len(self.paths), self.paths[0].parent)
+        self.measured = {}
+        for i in self.id_list:
+            path = self.paths[int(i)]
+            data = load_measured(path, scan_average=scan_average)
+            cov = data.coverage
+            rf = float(cov.source["rf"]) / 1e9
+            if abs(rf / float(frequency_ghz) - 1) > float(frequency_tolerance):
+                raise ValueError(
+                    f"{path} was observed at {rf:.4g} GHz, not the problem's "
+                    f"{float(frequency_ghz):g} GHz (+-{100 * frequency_tolerance:g} %): the "
+                    "black hole's size and brightness change with frequency and the prior knows "
+                    "one; set problem.data.frequency_ghz only for data of that frequency"
+                )
+            present = {cov.stations[k] for k in np.unique(np.concatenate([cov.t1, cov.t2]))}
+            lacking = sorted(set(stations or ()) - present)
+            if lacking:
+                raise ValueError(
+                    f"{path} lacks the stations {lacking} the problem requires "
+                    f"(it has {sorted(present)}); problem.data.stations lists the codes needed"
+                )
+            per_time = [
+                len(set(cov.t1[cov.time == t]) | set(cov.t2[cov.time == t]))
+                for t in np.unique(cov.time)
+            ]
+            if max(per_time) < 3:
+                raise ValueError(
+                    f"{path} never has three stations at once (after flagging the zero "
+                    "baselines): no closure phase can be formed from it"
+                )
+            self.measured[int(i)] = data
+        self.size = max(len(d.coverage) for d in self.measured.values())
+        self.num_stations = max(len(d.coverage.stations) for d in self.measured.values())
+
+    def __len__(self) -> int:
+        return len(self.id_list)
+
+    def path(self, index: int) -> Path:
+        return self.paths[int(self.id_list[index])]
+
+    def __getitem__(self, index: int) -> dict:
+        data = self.measured[int(self.id_list[index])]
+        cov, m, M = data.coverage, len(data.coverage), self.size
+
+        def padded(a, fill=0.0, dtype=torch.float64):
+            a = torch.as_tensor(np.asarray(a))
+            out = torch.full((M, *a.shape[1:]), fill, dtype=dtype)
+            out[:m] = a.to(dtype)
+            return out
+
+        codes = np.zeros((self.num_stations, 8), dtype=np.uint8)
+        codes[: len(cov.stations)] = _codes(cov.stations)
+        src = cov.source
+        return {
+            "vis_jy": padded(np.stack([data.vis.real, data.vis.imag], -1)),
+            "sigma_jy": padded(cov.sigma, 1.0),
+            "uv": padded(np.stack([cov.u, cov.v], -1)),
+            "time": padded(cov.time),
+            "t1": padded(cov.t1, 0, torch.int64),
+            "t2": padded(cov.t2, 0, torch.int64),
+            "tint": padded(cov.tint if cov.tint is not None else np.full(m, src["tint"])),
+            "valid": padded(np.ones(m, dtype=bool), False, torch.bool),
+            "zero_flux": torch.tensor(
+                float("nan") if data.zero_baseline_flux is None else data.zero_baseline_flux,
+                dtype=torch.float64,
+            ),
+            "stations": torch.from_numpy(codes),
+            "source": torch.tensor(
+                [src["ra"], src["dec"], src["rf"], src["bw"], src["mjd"]], dtype=torch.float64
+            ),
+        }
+
+
+#: EHT 2017 station names (ehtim's tables) and their uvfits codes (EHT Collaboration, ApJL 875
+#: L2, 2019, Table 1)
+EHT_CODES = {
+    "ALMA": "AA", "APEX": "AP", "JCMT": "JC", "SMA": "SM", "SMT": "AZ", "LMT": "LM",
+    "PV": "PV", "SPT": "SP",
+}  # fmt: skip
+
+
+def ring_image(
+    n: int,
+    fov_uas: float,
+    diameter_uas: float,
+    width_uas: float = 8.0,
+    asymmetry: float = 0.5,
+    position_angle_deg: float = 180.0,
+) -> np.ndarray:
+    """(n, n) a crescent of known geometry, total 1: a Gaussian ring (FWHM ``width_uas``) of
+    ``diameter_uas`` brightened towards ``position_angle_deg`` (east of north) by
+    1 + ``asymmetry`` cos(theta - PA); rows top (north) to bottom, east to the left."""
+    c = (np.arange(n) - n / 2 + 0.5) * fov_uas / n
+    north, west = np.meshgrid(-c, c, indexing="ij")
+    r = np.hypot(north, west)
+    theta = np.arctan2(-west, north)  # east of north
+    sigma = width_uas / (2 * np.sqrt(2 * np.log(2)))
+    img = np.exp(-0.5 * ((r - diameter_uas / 2) / sigma) ** 2)
+    img *= 1 + asymmetry * np.cos(theta - np.deg2rad(position_angle_deg))
+    return img / img.sum()
+
+
+def write_synthetic_uvfits(
+    path,
+    image: np.ndarray,
+    fov_uas: float,
+    total_flux_jy: float = 0.6,
+    array_file="data/eht/EHT2017_m87.txt",
+    codes: dict | None = EHT_CODES,
+    rf: float = 230e9,
+    tint: float = 60.0,
+    tadv: float = 600.0,
+    gain_errors: bool = True,
+    seed: int = 0,
+) -> Path:
+    """Observe ``image`` (rows north to south, east left; scaled to ``total_flux_jy``) with
+    ehtim's simulator toward M87* on the EHT 2017 night (thermal noise from the SEFDs; with
+    ``gain_errors`` station gains of 10 % and random phases, as ehtim's ``observe``) and write a
+    uvfits file with the stations renamed by ``codes`` (the files' two-letter codes). ehtim
+    draws its noise from numpy's global RNG: it is seeded with ``seed`` here and restored."""
+    import contextlib
+    import io
+
+    import ehtim as eh
+
+    from inverse_problems.eht import M87, RADPERUAS
+
+    arr = eh.array.load_txt(str(array_file))
+    if codes:
+        tarr = arr.tarr.copy()
+        tarr["site"] = [codes.get(str(s), str(s)) for s in tarr["site"]]
+        arr = eh.array.Array(tarr)  # its station index (tkey) follows the new names
+    n = image.shape[0]
+    im = eh.image.Image(
+        np.asarray(image, dtype=np.float64) * total_flux_jy / image.sum(),
+        fov_uas * RADPERUAS / n, M87["ra"], M87["dec"], rf=rf, source="M87", mjd=57849,
+    )  # fmt: skip
+    state = np.random.get_state()  # noqa: NPY002 (ehtim draws from the global RNG)
+    np.random.seed(seed)  # noqa: NPY002
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            obs = im.observe(
+                arr, tint, tadv, 0.0, 24.0, 2e9, mjd=57849, elevmin=10.0, elevmax=85.0,
+                ttype="direct", add_th_noise=True, ampcal=not gain_errors,
+                phasecal=not gain_errors, seed=seed + 1,  # ehtim: 0 means unseeded
+            )  # fmt: skip
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            obs.save_uvfits(str(path))
+    finally:
+        np.random.set_state(state)  # noqa: NPY002
+    return Path(path)
