@@ -238,3 +238,31 @@ def test_write_leaderboard_files_and_figures(results, tmp_path, capsys):
     assert w3 < w  # one row fewer
     h, w = imread(out / "inv-scatter-small_corrected_compute.png").shape[:2]
     assert (h, w) == (462, 1100)  # 10 x 4.2 inches at save_figure's 110 dpi
+
+
+def test_real_runs_of_inverse_scatter_small(config_factory, tmp_path):
+    """Two tiny real runs (main.run: FISTA-TV in both compat modes, two items): the tables hold
+    their summary.json values, and the grid and per-item figures draw from their results."""
+    from main import run
+    from utils.leaderboard import item_figures, write_leaderboard
+
+    root = tmp_path / "exps"
+    summaries = {}
+    for compat in ("corrected", "reference"):
+        cfg = config_factory(
+            ["problem=inv-scatter-small", "algorithm=fista_tv", f"compat={compat}",
+             f"exp_name={compat}", "problem.data.id_list=0-1", "algorithm.method.num_iters=20"],
+            root / "inv-scatter-small",
+        )  # fmt: skip
+        summaries[compat] = run(cfg)
+    written = write_leaderboard(root, tmp_path / "board", grid_items=2)
+    rows = list(csv.DictReader(open(written["leaderboard.csv"])))
+    assert sorted(r["compat"] for r in rows) == ["corrected", "reference"]
+    for r in rows:
+        assert r["algorithm"] == "fista_tv" and r["exp_name"] == r["compat"]
+        assert r["num_items"] == "2" and r["num_samples"] == "1"
+        for key in ("psnr", "ssim", "psnr_std", "seconds"):
+            assert float(r[key]) == pytest.approx(summaries[r["compat"]][key], rel=1e-12)
+    assert "inv-scatter-small_reference_grid.png" in written
+    paths = item_figures(root)
+    assert sorted(p.name for p in paths) == ["item_0.png", "item_0.png", "item_1.png", "item_1.png"]
