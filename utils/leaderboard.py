@@ -305,7 +305,7 @@ def fmt_value(v: float | None) -> str:
         return f"{v:.1f}"
     if a >= 1:
         return f"{v:.2f}"
-    return f"{v:.3g}"
+    return "0" if v == 0 else f"{v:#.3g}"  # 0.990, not 0.99
 
 
 def fmt_compute(name: str, v: float | None) -> str:
