@@ -25,6 +25,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from inverse_problems.base import MissingCapability
 from inverse_problems.black_box import BlackBox
 from models.loading import build_prior, shape_only
 from utils.compat import check_compat
@@ -93,13 +94,56 @@ def init_wandb(config: DictConfig) -> DictConfig:
 
 def make(node, **kwargs):
     """``instantiate``, with the object's own error (a ValueError naming the bad key or file)
-    raised as it is instead of wrapped in Hydra's InstantiationException."""
+    raised as it is instead of wrapped in Hydra's InstantiationException; a missing operator
+    capability is completed with the problems that offer it."""
     try:
         return instantiate(node, **kwargs)
     except InstantiationException as err:
-        if isinstance(err.__cause__, (ValueError, FileNotFoundError, KeyError, TypeError)):
-            raise err.__cause__ from None
+        cause = err.__cause__
+        if isinstance(cause, MissingCapability):
+            offering = problems_offering(cause.needed)
+            hint = f" Problems that offer them: {', '.join(offering)}." if offering else ""
+            raise ValueError(f"{cause}{hint}") from None
+        if isinstance(cause, TypeError) and "unexpected keyword argument" in str(cause):
+            raise ValueError(unknown_key_message(node, cause)) from None
+        if isinstance(cause, (ValueError, FileNotFoundError, KeyError, TypeError)):
+            raise cause from None
         raise
+
+
+def unknown_key_message(node, err: TypeError) -> str:
+    """Name the unknown key and the accepted ones (from the class's signature)."""
+    import inspect
+
+    module, _, name = str(node._target_).rpartition(".")
+    cls = getattr(importlib.import_module(module), name)
+    key = re.search(r"unexpected keyword argument '([^']+)'", str(err))
+    accepted = [
+        p for p in inspect.signature(cls.__init__).parameters
+        if p not in ("self", "net", "forward_op", "device")
+    ]  # fmt: skip
+    return (
+        f"{name} takes no argument {key.group(1) if key else '?'!r} (a typo, or a key of "
+        f"another version?); it accepts: {', '.join(accepted)}"
+    )
+
+
+def problems_offering(needed, config_dir=None) -> list[str]:
+    """Names of ``configs/problem/*.yaml`` whose operator offers every capability in ``needed``
+    (read from the configs; used for error messages, so unreadable entries are skipped)."""
+    config_dir = Path(config_dir or CONFIG_DIR / "problem")
+    names = []
+    for path in sorted(config_dir.glob("*.yaml")):
+        try:
+            model = OmegaConf.load(path).get("model") or {}
+            module, _, cls = str(model.get("_target_", "")).rpartition(".")
+            op_cls = getattr(importlib.import_module(module), cls)
+            caps = set(op_cls.capabilities_for(model))
+        except Exception:  # a config without its own model (defaults) or an optional package
+            continue
+        if set(needed) <= caps:
+            names.append(path.stem)
+    return names
 
 
 def uses_prior(method) -> bool:

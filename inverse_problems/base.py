@@ -17,44 +17,14 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 
 import torch
 
 from utils.compat import check_compat
+from utils.observation import Observation
 from utils.rng import BatchRNG
 
 CAPABILITIES = ("gradient", "linear", "adjoint", "svd", "pseudo_inverse")
-
-
-@dataclass(frozen=True)
-class Observation:
-    """Measurements of B test items plus their per-item physics parameters."""
-
-    y: torch.Tensor
-    physics: Mapping[str, torch.Tensor] = field(default_factory=dict)
-
-    @property
-    def batch(self) -> int:
-        return self.y.shape[0]
-
-    def to(self, device) -> Observation:
-        return Observation(self.y.to(device), {k: v.to(device) for k, v in self.physics.items()})
-
-    def item(self, i: int) -> Observation:
-        """Item i alone (a batch of one)."""
-        return Observation(self.y[i : i + 1], {k: v[i : i + 1] for k, v in self.physics.items()})
-
-    def items(self, start: int, stop: int) -> Observation:
-        """Items start ... stop - 1 (a batch of stop - start)."""
-        return Observation(self.y[start:stop], {k: v[start:stop] for k, v in self.physics.items()})
-
-    def state_dict(self) -> dict:
-        """Plain tensors, loadable with ``torch.load(weights_only=True)``."""
-        return {
-            "y": self.y.detach().cpu(),
-            "physics": {k: v.cpu() for k, v in self.physics.items()},
-        }
 
 
 def rows_per_item(x: torch.Tensor, batch: int) -> int:
@@ -208,39 +178,25 @@ class BaseOperator(ABC):
         return None
 
 
+class MissingCapability(ValueError):
+    """An algorithm needs operator capabilities the operator lacks (``needed``, ``missing``)."""
+
+    def __init__(self, message: str, needed, missing):
+        super().__init__(message)
+        self.needed, self.missing = frozenset(needed), list(missing)
+
+
 def require_capabilities(needed, forward_op, who: str) -> None:
-    """Fail early, with a useful message, when ``forward_op`` lacks what ``who`` needs."""
+    """Fail early, with a useful message, when ``forward_op`` lacks what ``who`` needs (main.py
+    adds the problems that offer it)."""
     caps = set(getattr(forward_op, "capabilities", ()))
     missing = sorted(set(needed) - caps)
     if missing:
         name = type(getattr(forward_op, "inner", forward_op)).__name__
-        offering = problems_offering(needed)
-        hint = f" Problems that offer them: {', '.join(offering)}." if offering else ""
-        raise ValueError(
+        raise MissingCapability(
             f"{who} needs operator capabilities {missing}, which {name} does not offer "
-            f"(it offers {sorted(caps) or 'none'}).{hint} Pick an algorithm whose needs fit "
-            "this problem, or a problem that offers them."
+            f"(it offers {sorted(caps) or 'none'}). Pick an algorithm whose needs fit this "
+            "problem, or a problem that offers them.",
+            needed,
+            missing,
         )
-
-
-def problems_offering(needed, config_dir=None) -> list[str]:
-    """Names of ``configs/problem/*.yaml`` whose operator offers every capability in ``needed``
-    (read from the configs; used for error messages, so unreadable entries are skipped)."""
-    import importlib
-    from pathlib import Path
-
-    from omegaconf import OmegaConf
-
-    config_dir = Path(config_dir or Path(__file__).resolve().parents[1] / "configs" / "problem")
-    names = []
-    for path in sorted(config_dir.glob("*.yaml")):
-        try:
-            model = OmegaConf.load(path).get("model") or {}
-            module, _, cls = str(model.get("_target_", "")).rpartition(".")
-            op_cls = getattr(importlib.import_module(module), cls)
-            caps = set(op_cls.capabilities_for(model))
-        except Exception:
-            continue
-        if set(needed) <= caps:
-            names.append(path.stem)
-    return names

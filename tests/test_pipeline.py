@@ -10,9 +10,8 @@ import torch
 from hydra.errors import MissingConfigException
 
 from algo.dps import DPS
-from inverse_problems.base import problems_offering
 from inverse_problems.linear import SVDLinear
-from main import run
+from main import problems_offering, run
 from models.analytic import AnalyticPrior
 from training.exact import LinearGMMProblems
 from utils.compute import CountingOperator, Counts
@@ -141,8 +140,25 @@ def test_missing_capability_is_named():
     net = AnalyticPrior(grid_gmm(4))
     with pytest.raises(ValueError, match=r"DPS needs operator capabilities \['gradient'\]") as err:
         DPS(net, _NoGradient(), {"num_steps": 5}, guidance_scale=1.0)
-    # The message points at problems that do offer it (read from configs/problem).
-    assert "Problems that offer them:" in str(err.value) and "gmm" in str(err.value)
+    assert "Pick an algorithm" in str(err.value)
+
+
+def test_missing_capability_names_the_problems_that_offer_it(config_factory, tmp_path):
+    """Through main.py the message points at problems that do offer it (read from the configs),
+    before anything is written."""
+    cfg = config_factory(
+        ["problem=navier-stokes-small", "algorithm=dps", "problem.model.differentiable=false"],
+        tmp_path / "exps",
+    )
+    with pytest.raises(ValueError, match="Problems that offer them:") as err:
+        run(cfg)
+    assert "gmm" in str(err.value) and not (tmp_path / "exps").exists()
+
+
+def test_unknown_keys_are_named_with_the_accepted_ones(config_factory, tmp_path):
+    cfg = config_factory([*FAST, "+algorithm.method.guidance_scal=3"], tmp_path / "exps")
+    with pytest.raises(ValueError, match=r"takes no argument 'guidance_scal'.*guidance_scale"):
+        run(cfg)
 
 
 def test_problems_offering_reads_the_configs():

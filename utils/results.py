@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from inverse_problems.base import Observation
 from utils.io import atomic_torch_save
+from utils.observation import Observation
 
 COMPUTE_COLUMNS = ["nfe", "op_forward", "op_gradient", "op_linear", "seconds", "peak_mb"]
 # Keys that change how a run is executed but not its results.
