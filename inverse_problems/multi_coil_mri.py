@@ -129,7 +129,6 @@ class MultiCoilMRI(BaseOperator):
         sigma_noise: float = 0.0,
         device="cpu",
         compat: str = "corrected",
-        **_ignored,
     ):
         super().__init__(sigma_noise, 0.0, 1.0, device, compat=compat)
         if orientation not in ("vertical", "horizontal"):

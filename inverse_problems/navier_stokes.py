@@ -44,7 +44,6 @@ class ForwardNavierStokes2d(BaseOperator):
         unnorm_scale: float = 10.0,
         device="cpu",
         compat: str = "corrected",
-        **_ignored,
     ):
         self.differentiable = bool(differentiable)  # before the base class reads capabilities
         super().__init__(sigma_noise, unnorm_shift, unnorm_scale, device, compat=compat)

@@ -234,3 +234,16 @@ def test_non_finite_samples_are_flagged(config_factory, tmp_path, monkeypatch):
     assert summary["nonfinite"] == pytest.approx(1 / 64)
     text = (exp / "log.txt").read_text()
     assert "item 0: 1 of 32 samples are not finite" in text and "items have non-finite" in text
+
+
+@pytest.mark.parametrize(
+    "problem, typo",
+    [("multi-coil-mri-small", "acceleraton_ratio"), ("navier-stokes-small", "forward_tim")],
+)
+def test_operator_typos_are_refused(config_factory, tmp_path, problem, typo):
+    """A misspelt operator key fails naming it (MultiCoilMRI(acceleraton_ratio=8) used to run at
+    acceleration 4 without a word)."""
+    cfg = config_factory([f"problem={problem}", f"+problem.model.{typo}=8"], tmp_path / "exps")
+    with pytest.raises(ValueError, match=f"takes no argument '{typo}'"):
+        run(cfg)
+    assert not (tmp_path / "exps").exists()
