@@ -16,12 +16,10 @@ from omegaconf import OmegaConf
 
 def project_root() -> Path:
     """The folder holding ``configs/``, ``data/`` and ``checkpoints/``."""
-    repo = Path(__file__).resolve().parents[1]
-    if (repo / "configs" / "config.yaml").is_file():
-        return repo
-    import inversebench
-
-    return Path(inversebench.__file__).resolve().parent
+    top = Path(__file__).resolve().parents[1]  # the checkout, or site-packages
+    if (top / "configs" / "config.yaml").is_file():
+        return top
+    return top / "inversebench"  # an installed wheel: package data of inversebench
 
 
 CONFIG_DIR = project_root() / "configs"
