@@ -8,20 +8,20 @@ A run is a folder ``<root>/<problem>/<algorithm>/<exp_name>/`` that main.py fini
 the items' ``result_<id>.pt``. Folders without ``summary.json`` (running, or shards still to
 come) are listed as skipped.
 
-Tables: one per (problem, compat mode) -- the two modes score with different physics and
-metrics, so their numbers are never ranked together -- with one row per (algorithm, exp_name)
-(a run under another exp_name, e.g. other hyperparameters, is its own row, labelled
-``algorithm [exp_name]``); rows without network evaluations (the baselines) come first, then
-the others by name. Columns: the items and samples per item, every metric as mean (std
-over the items), then the compute per item (network evaluations, operator forward and gradient
-calls, seconds, peak memory in MB). The best mean of each metric column is marked (bold); which
-way is better is ``direction``'s rule (PSNR/SSIM up; errors, distances, misfits and chi^2 down --
-the chi^2 columns are already max(chi^2, 1/chi^2), so 1 is best and lower is better). Compute
-columns are not marked. A ``<m>_mean`` column (black hole: the mean over an item's samples beside
-the best of its samples) is left out where it equals ``<m>`` in every row (one sample per item);
-``nonfinite`` only shows where some run has non-finite samples. The reference's duplicate
-metric keys (``reference_names`` of the evaluators in eval.py, e.g. ``relative l2``) are left
-out: they repeat ours.
+Tables: one per (problem, compat mode) -- the two modes score with different physics and metrics,
+so their numbers are never ranked together -- with one row per (algorithm, exp_name) (a run under
+another exp_name, e.g. other hyperparameters, is its own row, labelled ``algorithm [exp_name]``);
+rows without network evaluations (the baselines) come first, then the others by name, each
+algorithm's default exp_name before its others. Columns: the items and samples per item, every
+metric as mean (std over the items), then the compute per item (network evaluations, operator
+forward and gradient calls, seconds, peak memory in MB). The best mean of each metric column is
+marked (bold); which way is better is ``direction``'s rule (PSNR/SSIM up; errors, distances,
+misfits and chi^2 down -- the chi^2 columns are already max(chi^2, 1/chi^2), so 1 is best and lower
+is better). Compute columns are not marked. A ``<m>_mean`` column (black hole: the mean over an
+item's samples beside the best of its samples) is left out where it equals ``<m>`` in every row
+(one sample per item); ``nonfinite`` only shows where some run has non-finite samples. The
+reference's duplicate metric keys (``reference_names`` of the evaluators in eval.py, e.g.
+``relative l2``) are left out: they repeat ours.
 
 Outputs (``write_leaderboard``): ``leaderboard.md``, ``leaderboard.tex`` (a standalone LaTeX
 document, booktabs, one table per problem and mode), ``leaderboard.csv`` (one row per run, full
@@ -267,7 +267,15 @@ def build_tables(runs: Iterable[Run], metrics: list[str] | None = None) -> list[
     tables = []
     for (problem, compat), rows in sorted(groups.items()):
         # methods without a network (baselines: FISTA-TV, Adam, ...) first, as the paper's tables
-        rows = sorted(rows, key=lambda r: ((r.value("nfe") or 0) > 0, r.algorithm, r.exp_name))
+        rows = sorted(
+            rows,
+            key=lambda r: (
+                (r.value("nfe") or 0) > 0,
+                r.algorithm,
+                r.exp_name != "default",
+                r.exp_name,
+            ),
+        )
         cols: list[str] = []
         for r in rows:
             cols.extend(m for m in r.metrics if m not in cols)
