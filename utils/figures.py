@@ -379,6 +379,7 @@ def save_item_figures(
     forward_op=None,
     max_samples: int = 3,
     fits: bool = True,
+    label: str | None = None,
 ) -> list[Path]:
     """Write the item's panel (``<exp_dir>/figures/item_<id>.png``) and, for black-hole images
     with ``fits``, its FITS images; returns the paths written (none for non-image problems).
@@ -387,12 +388,13 @@ def save_item_figures(
     ``observation`` (an ``Observation``, or the measurement tensor with ``physics`` beside it),
     as ``utils.results.load_result`` returns them. ``problem``: the run's problem config.
     ``forward_op`` (optional) gives what the config does not: the black hole's DFT (dirty
-    image), pixel size, flux scale and coverage (FITS header)."""
+    image), pixel size, flux scale and coverage (FITS header). ``label``: the method, for the
+    figure's title (e.g. the algorithm's name)."""
     style = field_style(problem, forward_op)
     if style is None:
         return []
     out = Path(exp_dir) / "figures"
-    name = _plain(problem).get("name", "")
+    name = " / ".join(str(t) for t in (_plain(problem).get("name"), label) if t)
     n = int(torch.as_tensor(result["recon"]).shape[0])
     panels = item_panels(style, result, forward_op, problem, max_samples)
     fig = draw_panels(

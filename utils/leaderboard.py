@@ -622,7 +622,9 @@ def item_figures(root, overwrite: bool = False) -> list[Path]:
             res = r.path / f"result_{item}.pt"
             if res.is_file():
                 with torch.no_grad():
-                    paths += save_item_figures(r.path, item, load_result(res), r.problem_config)
+                    paths += save_item_figures(
+                        r.path, item, load_result(res), r.problem_config, label=r.label
+                    )
     return paths
 
 
