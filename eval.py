@@ -232,8 +232,26 @@ class MRI(Evaluator):
 
     reference_names: ClassVar[dict[str, str]] = {"data_misfit": "data misfit"}
 
+    def _observed(self, pred, observation) -> dict:
+        """Measured k-space without a reference (``target`` None): ``data_misfit`` as above and
+        ``relative_misfit`` = mean over samples of ||A(x_hat) - y|| / ||y||. No poor-fit verdict:
+        the data's noise level is not known here."""
+        if self.forward_op is None or observation is None:
+            raise ValueError("MRI evaluation without a target needs the operator and observation")
+        with torch.no_grad():
+            m = self.forward_op.forward(pred.to(torch.float64), **observation.physics)
+        misfit = (m - observation.y.to(m.dtype)).flatten(1).norm(dim=1)
+        joint = self.compat == "reference"
+        return {
+            "data_misfit": float(misfit.norm() if joint else misfit.mean()),
+            "relative_misfit": float((misfit / observation.y.flatten().norm()).mean()),
+        }
+
     def evaluate(self, pred, target, observation=None):
         import piq
+
+        if target is None:  # measured data: the fit to the data alone
+            return self._observed(pred, observation)
 
         def magnitude(z):
             z = z.to(torch.float64)

@@ -243,3 +243,147 @@ def write_synthetic_uvfits(
     finally:
         np.random.set_state(state)  # noqa: NPY002
     return Path(path)
+
+
+def write_fastmri_h5(path, kspace, mask=None, reconstruction_rss=None) -> Path:
+    """A file in the fastMRI multi-coil layout: ``kspace`` (slices, coils, H, W) complex64, with
+    an optional ``mask`` (W,) of the acquired phase-encode lines (unacquired lines are stored as
+    zeros, as fastMRI's test sets) and ``reconstruction_rss`` (slices, H, W) float32."""
+    import h5py
+
+    kspace = np.asarray(kspace, dtype=np.complex64)
+    if kspace.ndim != 4:
+        raise ValueError(f"kspace must be (slices, coils, H, W), got shape {kspace.shape}")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with h5py.File(path, "w") as h:
+        if mask is not None:
+            mask = np.asarray(mask, dtype=bool).reshape(-1)
+            kspace = kspace * mask[None, None, None, :]
+            h.create_dataset("mask", data=mask)
+        h.create_dataset("kspace", data=kspace)
+        if reconstruction_rss is not None:
+            h.create_dataset("reconstruction_rss", data=np.asarray(reconstruction_rss, np.float32))
+        h.attrs["acquisition"] = "synthetic"
+    return Path(path)
+
+
+def acs_width(mask: np.ndarray) -> int:
+    """Width of the contiguous block of acquired lines around the centre (the calibration
+    lines)."""
+    mask = np.asarray(mask, dtype=bool).reshape(-1)
+    c = len(mask) // 2
+    if not mask[c]:
+        return 0
+    lo, hi = c, c
+    while lo > 0 and mask[lo - 1]:
+        lo -= 1
+    while hi < len(mask) - 1 and mask[hi + 1]:
+        hi += 1
+    return hi - lo + 1
+
+
+class ObservedKSpace(Dataset):
+    """Raw multi-coil k-space in the fastMRI HDF5 layout as measured test items (module
+    docstring): one item per (file, slice).
+
+    The acquired lines are the file's ``mask`` or, without one, the phase-encode lines (columns)
+    holding non-zero data; ``acceleration`` (with ``mask_seed``) undersamples fully sampled
+    data retrospectively with the operator's line pattern (``multi_coil_mri.line_mask``). The
+    readout (H) is cropped to ``image_size[0]`` in image space (fastMRI's 2x oversampling);
+    the phase-encode lines must be ``image_size[1]`` already. ESPIRiT maps are estimated from
+    the calibration lines (the central contiguous block, ``calib_width`` at most). The data are
+    divided by the 99th-percentile magnitude of their zero-filled coil combination (the MVUE
+    normalization of the training data, which needs the full data; recorded as ``scale``).
+    Items: ``observation`` (Nc, H, W, 2), ``maps`` (Nc, H, W) complex64, ``mask`` (1, W) bool,
+    ``scale``; with ``reference`` (a dataset of the file, e.g. ``reconstruction_rss``) also
+    ``target`` (2, H, W) (its magnitude, same normalization) and ``kspace`` instead of
+    ``observation``: the harness then scores the usual metrics against it."""
+
+    def __init__(
+        self,
+        files,
+        image_size=(64, 64),
+        slices=None,
+        acceleration: float | None = None,
+        mask_seed: int = 0,
+        calib_width: int = 24,
+        reference: str | None = None,
+        id_list=None,
+    ):
+        import h5py
+
+        self.paths = _files(files, (".h5", ".hdf5"), "fastMRI HDF5")
+        self.size = tuple(int(s) for s in image_size)
+        self.acceleration, self.mask_seed = acceleration, int(mask_seed)
+        self.calib_width, self.reference = int(calib_width), reference
+        items = []
+        for p in self.paths:
+            with h5py.File(p, "r") as h:
+                if "kspace" not in h:
+                    raise ValueError(f"{p} has no 'kspace' dataset (fastMRI layout)")
+                shape = h["kspace"].shape
+                if len(shape) != 4 or not np.iscomplexobj(h["kspace"][:0]):
+                    raise ValueError(
+                        f"{p}: kspace must be complex (slices, coils, H, W), got {shape}"
+                    )
+                if shape[3] != self.size[1] or shape[2] < self.size[0]:
+                    raise ValueError(
+                        f"{p}: k-space of {shape[2]} x {shape[3]} (readout x phase encodes) "
+                        f"does not fit the problem's {self.size[0]} x {self.size[1]} images "
+                        "(the readout may be cropped, the phase-encode lines must match); "
+                        "use a prior and problem.data.image_size of the data's size"
+                    )
+                if reference is not None and reference not in h:
+                    raise ValueError(f"{p} has no {reference!r} dataset for the reference")
+            picked = range(shape[0]) if slices is None else range(shape[0])[slice(*slices)]
+            items += [(p, s) for s in picked]
+        if not items:
+            raise ValueError("no k-space slices selected (problem.data.slices)")
+        self.items = [items[i] for i in select_ids(id_list, len(items), self.paths[0].parent)]
+        self.id_list = list(range(len(self.items)))  # ids are positions in the selection
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict:
+        import h5py
+
+        from inverse_problems.multi_coil_mri import fft2c, ifft2c, line_mask
+        from training.mri import center_crop, espirit_maps, mvue
+
+        path, s = self.items[index]
+        with h5py.File(path, "r") as h:
+            k = torch.from_numpy(np.asarray(h["kspace"][s])).to(torch.complex128)
+            lines = np.asarray(h["mask"][()], dtype=bool) if "mask" in h else None
+            ref = None if self.reference is None else np.asarray(h[self.reference][s])
+        if lines is None:
+            lines = (k.abs().flatten(0, 1).amax(0) > 0).numpy()
+        if self.acceleration is not None:
+            state = np.random.RandomState(self.mask_seed)
+            lines = lines & line_mask(len(lines), float(self.acceleration), "random", state).numpy()
+        if not np.isfinite(k.numpy()).all():
+            raise ValueError(f"{path} slice {s}: k-space holds NaN or infinite values")
+        if k.shape[-2] != self.size[0]:  # crop the readout in image space
+            img = ifft2c(k)
+            top = (k.shape[-2] - self.size[0]) // 2
+            k = fft2c(img[..., top : top + self.size[0], :])
+        mask = torch.from_numpy(lines)
+        k = k * mask
+        calib = min(self.calib_width, acs_width(lines))
+        if calib < 8:
+            raise ValueError(
+                f"{path} slice {s}: {acs_width(lines)} fully sampled central lines; ESPIRiT "
+                "needs at least 8 calibration lines"
+            )
+        maps = espirit_maps(k, calib)
+        zero_filled = mvue(k, maps)
+        scale = torch.quantile(zero_filled.abs().flatten().float(), 0.99).double()
+        k = k / scale
+        item = {"maps": maps.to(torch.complex64), "mask": mask[None], "scale": scale}
+        if ref is None:
+            item["observation"] = torch.view_as_real(k.to(torch.complex128))
+        else:
+            mag = center_crop(torch.from_numpy(np.abs(ref)).double(), self.size) / scale
+            item["target"] = torch.stack([mag, torch.zeros_like(mag)]).float()
+            item["kspace"] = k.to(torch.complex64)
+        return item
