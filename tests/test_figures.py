@@ -15,6 +15,7 @@ from matplotlib.image import imread
 from tests.conftest import make_config
 from utils.figures import (
     RADPERUAS,
+    _dirty_image,
     field_style,
     item_panels,
     save_item_figures,
@@ -122,6 +123,11 @@ def test_blackhole_panel_dirty_image_and_fits_round_trip(tmp_path):
     assert style.cmap == "afmhot" and style.extent == (80.0, -80.0, -80.0, 80.0)  # uas
     panels = item_panels(style, result, op, cfg.problem)
     assert panels[1].title.startswith("dirty image") and panels[1].image.shape == (32, 32)
+    # the same dirty image from the item's own (u, v) (measured items' path): both Re(A^H V) / m
+    physics = {k: v.cpu() for k, v in result["observation"].physics.items()}
+    uv = torch.as_tensor(np.stack([op.coverage.u, op.coverage.v], -1))[None]
+    own = _dirty_image({**physics, "uv": uv}, None, cfg.problem)
+    np.testing.assert_allclose(own * style.scale, panels[1].image, rtol=1e-9, atol=1e-9)
     paths = save_item_figures(tmp_path, 4, result, cfg.problem, forward_op=op)
     names = sorted(p.name for p in paths)
     assert names == [
@@ -156,3 +162,34 @@ def test_blackhole_panel_dirty_image_and_fits_round_trip(tmp_path):
 def test_write_fits_rejects_a_stack(tmp_path):
     with pytest.raises(ValueError, match="one \\(H, W\\) image"):
         write_fits(tmp_path / "x.fits", np.zeros((2, 4, 4)), 1e-11)
+
+
+def test_measured_item_without_target(tmp_path):
+    """Observed data (no ``target``; per-item (u, v), mask and flux scale): no target and no
+    error panel, the dirty image from the item's own (u, v) and valid entries, the recon FITS
+    in the item's Jy."""
+    cfg = make_config(["problem=blackhole-small"])
+    g = torch.Generator().manual_seed(0)
+    m = 40
+    uv = 4e9 * (torch.rand(1, m, 2, generator=g, dtype=torch.float64) - 0.5)
+    mask = torch.ones(1, m, dtype=torch.bool)
+    mask[0, -5:] = False
+    vis = torch.zeros(1, m, 2, dtype=torch.float64)
+    vis[..., 0] = 2.0  # a point source of flux 2 at the phase centre
+    vis[0, -5:] = 1e6  # invalid entries: left out
+    physics = {"uv": uv, "vis": vis, "amp_mask": mask, "flux_scale": torch.tensor([0.02])}
+    recon = torch.rand(2, 1, 32, 32, generator=g)
+    result = {"recon": recon, "observation": torch.zeros(1, 3), "physics": physics}
+    style = field_style(cfg.problem)
+    panels = item_panels(style, result, None, cfg.problem)
+    assert [p.title for p in panels] == [
+        "dirty image", "sample 1 of 2", "sample 2 of 2", "mean of 2", "std of 2",
+    ]  # fmt: skip
+    dirty = panels[0].image / style.scale
+    assert dirty.max() <= 2.0 + 1e-9 and dirty[15:17, 15:17].min() > 1.9  # peak at the centre
+    paths = save_item_figures(tmp_path, 0, result, cfg.problem)
+    assert sorted(p.name for p in paths) == ["item_0.png", "item_0_recon.fits", "item_0_std.fits"]
+    from astropy.io import fits
+
+    with fits.open(paths[1]) as hdul:  # Jy per pixel with the item's own flux scale
+        np.testing.assert_allclose(hdul[0].data[::-1], 0.02 * recon[:, 0].double().mean(0))

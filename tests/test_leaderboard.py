@@ -51,7 +51,9 @@ ALGORITHMS = ("fista_tv", "dps", "daps")
 QUALITY = {"fista_tv": 1.0, "dps": 1.2, "daps": 0.9}
 
 
-def make_run(root, problem, algorithm, compat, exp_name="default", ids=(0, 1, 2), shift=0.0):
+def make_run(
+    root, problem, algorithm, compat, exp_name="default", ids=(0, 1, 2), shift=0.0, target=True
+):
     """A finished run folder: config.yaml, metrics.csv (with the reference's duplicate key for
     Navier-Stokes), summary.json (mean and std over the rows, as utils.results.summarize) and
     a small result_<id>.pt per item."""
@@ -95,10 +97,12 @@ def make_run(root, problem, algorithm, compat, exp_name="default", ids=(0, 1, 2)
     (folder / "config.yaml").write_text(yaml.safe_dump(config))
     g = torch.Generator().manual_seed(len(ids))
     for i in ids:
-        target = torch.rand(1, *spec["shape"], generator=g)
-        recon = target + 0.1 * torch.randn(1, *spec["shape"], generator=g)
-        torch.save({"recon": recon, "target": target, "observation": torch.zeros(3)},
-                   folder / f"result_{i}.pt")  # fmt: skip
+        truth = torch.rand(1, *spec["shape"], generator=g)
+        recon = truth + 0.1 * torch.randn(1, *spec["shape"], generator=g)
+        record = {"recon": recon, "target": truth, "observation": torch.zeros(3)}
+        if not target:  # measured data: no truth
+            del record["target"]
+        torch.save(record, folder / f"result_{i}.pt")
     return folder, summary
 
 
@@ -266,3 +270,16 @@ def test_real_runs_of_inverse_scatter_small(config_factory, tmp_path):
     assert "inv-scatter-small_reference_grid.png" in written
     paths = item_figures(root)
     assert sorted(p.name for p in paths) == ["item_0.png", "item_0.png", "item_1.png", "item_1.png"]
+
+
+def test_grid_without_targets(tmp_path):
+    """Runs on measured data (results without ``target``): the grid has no target column."""
+    from utils.leaderboard import grid_figure
+
+    root = tmp_path / "inference"
+    for algorithm in ("dps", "daps"):
+        make_run(root, "inv-scatter-small", algorithm, "corrected", target=False)
+    (table,) = build_tables(collect_runs(root)[0])
+    fig = grid_figure(table, 2)
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert titles == ["daps", "dps"]

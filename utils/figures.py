@@ -185,18 +185,14 @@ def measurement_panel(style: FieldStyle, result, forward_op=None, problem=None) 
     if y is None:
         return None
     if style.kind == "blackhole":
-        dft = getattr(forward_op, "dft", None)
-        if dft is None or "vis" not in physics:
+        dirty = _dirty_image(physics, forward_op, problem)
+        if dirty is None:
             return None
-        vis = physics["vis"].to(torch.float64).reshape(-1, 2)  # (m, [re, im])
-        ri = torch.cat([vis[:, 0], vis[:, 1]])
-        n = math.isqrt(dft.shape[0])
-        dirty = (dft.detach().cpu().to(torch.float64) @ ri).reshape(n, n) / vis.shape[0]
         own = replace(style, unit="mJy / beam", nonnegative=False)
         title = "dirty image" + (
             " (uncalibrated)" if getattr(forward_op, "noise_type", "") == "eht" else ""
         )
-        return Panel(title, dirty.numpy() * style.scale, "own", own)
+        return Panel(title, dirty * style.scale, "own", own)
     if style.kind == "mri":
         from inverse_problems.multi_coil_mri import ifft2c
 
@@ -222,14 +218,50 @@ def measurement_panel(style: FieldStyle, result, forward_op=None, problem=None) 
     return None
 
 
+def _blackhole_grid(forward_op=None, problem=None) -> tuple[int, float]:
+    """Pixels per side and pixel size (rad) of a black-hole problem's image grid."""
+    if forward_op is not None:
+        return int(forward_op.imsize), float(forward_op.psize)
+    model = _plain(_plain(problem).get("model"))
+    n = int(model.get("imsize", 64))
+    return n, float(model.get("fov_uas", 160.0)) * RADPERUAS / n
+
+
+def _dirty_image(physics: dict, forward_op=None, problem=None) -> np.ndarray | None:
+    """sum_k Re(conj(A_k) V_k) / m over the item's measured visibilities ``vis`` (image units)
+    -- on its own (u, v) for measured items (``uv``, valid entries ``amp_mask``), else on the
+    operator's coverage (its DFT); None when neither is at hand."""
+    if "vis" not in physics:
+        return None
+    vis = physics["vis"].to(torch.float64).reshape(-1, 2)
+    vis = torch.complex(vis[:, 0], vis[:, 1])
+    valid = physics.get("amp_mask")
+    valid = torch.ones(len(vis), dtype=torch.bool) if valid is None else valid.reshape(-1).bool()
+    if "uv" in physics:
+        from inverse_problems.eht import dft_matrix
+
+        n, psize = _blackhole_grid(forward_op, problem)
+        uv = physics["uv"].to(torch.float64).reshape(-1, 2)[valid]
+        A = dft_matrix(uv[:, 0], uv[:, 1], n, psize)  # (m, n^2)
+        dirty = (A.conj().T @ vis[valid]).real / int(valid.sum())
+        return dirty.reshape(n, n).numpy()
+    dft = getattr(forward_op, "dft", None)  # (n^2, 2m): [Re A; Im A]^T
+    if dft is None or dft.shape[1] != 2 * len(vis):
+        return None
+    n = math.isqrt(dft.shape[0])
+    ri = torch.cat([vis.real, vis.imag])
+    return ((dft.detach().cpu().to(torch.float64) @ ri) / len(vis)).reshape(n, n).numpy()
+
+
 def item_panels(
     style: FieldStyle, result, forward_op=None, problem=None, max_samples: int = 3
 ) -> list[Panel]:
     """The panels of one item: target, measurements, up to ``max_samples`` samples, with
-    several samples the mean and standard deviation, and the error of the mean (or sample)."""
+    several samples the mean and standard deviation, and the error of the mean (or sample); no
+    target and no error for measured data (no ``target``)."""
     recon = style.values(result["recon"])
-    target = style.values(result["target"])[0]
-    panels = [Panel("target", target)]
+    target = None if result.get("target") is None else style.values(result["target"])[0]
+    panels = [] if target is None else [Panel("target", target)]
     meas = measurement_panel(style, result, forward_op, problem)
     if meas is not None:
         panels.append(meas)
@@ -242,7 +274,8 @@ def item_panels(
         panels.append(Panel(f"std of {n}", recon.std(0), "std"))
     else:
         estimate = recon[0]
-    panels.append(Panel("mean - target" if n > 1 else "error", estimate - target, "error"))
+    if target is not None:  # measured data have no truth
+        panels.append(Panel("mean - target" if n > 1 else "error", estimate - target, "error"))
     return panels
 
 
@@ -393,6 +426,9 @@ def save_item_figures(
     style = field_style(problem, forward_op)
     if style is None:
         return []
+    _, physics = _observation(result)
+    if style.kind == "blackhole" and "flux_scale" in physics:  # a measured item's own scale
+        style = replace(style, scale=1e3 * float(physics["flux_scale"].reshape(-1)[0]))
     out = Path(exp_dir) / "figures"
     name = " / ".join(str(t) for t in (_plain(problem).get("name"), label) if t)
     n = int(torch.as_tensor(result["recon"]).shape[0])
@@ -403,13 +439,17 @@ def save_item_figures(
     paths = [save_figure(fig, out / f"item_{item_id}.png")]
     if fits and style.kind == "blackhole":
         head = fits_header_values(forward_op, problem)
-        jy = style.values(result["recon"]) / style.scale * head["flux_scale"]  # Jy per pixel
-        target = style.values(result["target"])[0] / style.scale * head["flux_scale"]
+        if isinstance(physics.get("source"), str):
+            head["source"] = physics["source"]
+        jy = style.values(result["recon"]) / 1e3  # Jy per pixel
         kw = {k: head[k] for k in ("rf", "source", "ra", "dec", "mjd")}
         paths.append(
             write_fits(out / f"item_{item_id}_recon.fits", jy.mean(0), head["psize"], **kw)
         )
-        paths.append(write_fits(out / f"item_{item_id}_target.fits", target, head["psize"], **kw))
+        if result.get("target") is not None:
+            target = style.values(result["target"])[0] / 1e3
+            path = out / f"item_{item_id}_target.fits"
+            paths.append(write_fits(path, target, head["psize"], **kw))
         if n > 1:
             paths.append(
                 write_fits(out / f"item_{item_id}_std.fits", jy.std(0), head["psize"], **kw)

@@ -513,9 +513,10 @@ def common_items(table: Table, limit: int) -> list[int]:
 
 @default_style
 def grid_figure(table: Table, num_items: int = 4, size: float = 2.2):
-    """Rows = the first ``num_items`` common items, columns = target | each row's estimate (the
-    mean over its samples), one colour scale per item (the target's and the estimates' range)
-    with its bar; None for non-image problems or when the rows share no item."""
+    """Rows = the first ``num_items`` common items, columns = target (none for measured data) |
+    each row's estimate (the mean over its samples), one colour scale per item (the target's and
+    the estimates' range) with its bar; None for non-image problems or when the rows share no
+    item."""
     import torch
     from matplotlib.figure import Figure
 
@@ -525,14 +526,19 @@ def grid_figure(table: Table, num_items: int = 4, size: float = 2.2):
     ids = common_items(table, num_items)
     if style is None or not ids:
         return None
-    cols = len(table.rows) + 1
+
+    def load(run, item):
+        return torch.load(run.path / f"result_{item}.pt", map_location="cpu", weights_only=True)
+
+    has_target = load(table.rows[0], ids[0]).get("target") is not None  # measured data: none
+    cols = len(table.rows) + int(has_target)
     fig = Figure(figsize=(size * cols + 0.8, size * len(ids) + 0.6), layout="constrained")
     axes = fig.subplots(len(ids), cols, squeeze=False)
     for k, item in enumerate(ids):
         images, titles = [], []
         for j, r in enumerate(table.rows):
-            res = torch.load(r.path / f"result_{item}.pt", map_location="cpu", weights_only=True)
-            if j == 0:
+            res = load(r, item)
+            if j == 0 and has_target:
                 images.append(style.values(res["target"])[0])
                 titles.append("target")
             est = style.values(res["recon"])
