@@ -32,12 +32,13 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import pickle
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from utils.signed_pickle import dump_signed, load_signed
 
 
 @dataclass(frozen=True)
@@ -445,28 +446,21 @@ def solver_for(survey: Survey) -> ShotSolver:
     Lowering Devito's three operators takes seconds each (sympy), in every process that needs
     them; so a built solver (operators and small coefficient fields, no wavefields) is pickled
     next to the compiled kernels and later processes -- every Dask worker, every run -- load it
-    in well under a second. An unreadable file is rebuilt and replaced (written atomically).
+    in well under a second. A file that is unreadable or not signed by this user is rebuilt and
+    replaced (written atomically).
     """
     if survey in _SOLVERS:
         return _SOLVERS[survey]
     # configure (quiet logging, cache folders) before unpickling imports Devito with its defaults
     _configure_devito()
     path = _solver_file(survey)
-    solver = None
-    if path.is_file():
-        try:
-            with open(path, "rb") as f:
-                solver = pickle.load(f)
-        except Exception:  # a partial or incompatible file: build afresh below
-            solver = None
-    if solver is None:
+    # only files this user's processes signed are unpickled (utils/signed_pickle.py): a file
+    # placed in the cache by anyone else is ignored and rebuilt
+    solver = load_signed(path)
+    if not isinstance(solver, ShotSolver):
         solver = ShotSolver(survey)
         solver.build()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        with open(tmp, "wb") as f:
-            pickle.dump(solver, f)
-        os.replace(tmp, path)
+        dump_signed(solver, path)
     _SOLVERS[survey] = solver
     return solver
 

@@ -223,3 +223,29 @@ def test_prior_free_baselines_run_without_a_checkpoint(config_factory, tmp_path)
     with pytest.raises(FileNotFoundError, match="prior checkpoint not found"):
         run(config_factory(["problem=inv-scatter-small", "algorithm=dps", "problem.data.id_list=0",
                             f"problem.prior={tmp_path}/missing.pt"]))  # fmt: skip
+
+
+def test_cache_pickles_load_only_with_this_users_signature(tmp_path, monkeypatch):
+    """A pickle placed in the cache (it would run code) is never loaded: only files signed with
+    the per-user key are; tampered files are refused too."""
+    import pickle
+
+    from utils.signed_pickle import dump_signed, load_signed
+
+    monkeypatch.setenv("INVERSEBENCH_CACHE", str(tmp_path / "cache"))
+    good = tmp_path / "cache" / "solvers" / "a.pkl"
+    dump_signed({"built": [1, 2, 3]}, good)
+    assert load_signed(good) == {"built": [1, 2, 3]}
+    assert (tmp_path / "cache" / "pickle.key").stat().st_mode & 0o777 == 0o600
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(tmp_path / "pwned"), "w"))
+
+    planted = tmp_path / "cache" / "solvers" / "b.pkl"
+    planted.write_bytes(pickle.dumps(Evil()))
+    assert load_signed(planted) is None and not (tmp_path / "pwned").exists()
+    data = bytearray(good.read_bytes())
+    data[-3] ^= 1
+    good.write_bytes(bytes(data))
+    assert load_signed(good) is None
