@@ -161,6 +161,8 @@ class NavierStokes2d(Evaluator):
     """Relative L2 error ||pred - target|| / ||target|| per sample, averaged over the samples
     (the reference's metric for the Navier–Stokes problem)."""
 
+    reference_names: ClassVar[dict[str, str]] = {"relative_l2": "relative l2"}
+
     def evaluate(self, pred, target, observation=None):
         err = (pred - target).flatten(1).norm(dim=1) / target.flatten().norm()
         return {"relative_l2": float(err.mean())}

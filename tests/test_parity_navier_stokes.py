@@ -52,3 +52,11 @@ def test_corrected_mode_uses_basdevant_form_within_the_forms_difference():
     assert operator(case, "reference").solver.advection == "flux"
     err = rel_err(ours.forward(x).numpy(), ARRAYS["adaptive128_y"])
     assert 1e-6 < err < 1e-3  # measured 5.1e-6 (T = 0.2): the two advection forms at 128^2
+
+
+def test_the_evaluator_reports_the_reference_key():
+    from eval import NavierStokes2d
+
+    x = torch.as_tensor(ARRAYS["adaptive64_y"])
+    values = NavierStokes2d()(x * 1.1, x)
+    assert values["relative l2"] == values["relative_l2"] == pytest.approx(0.1)
