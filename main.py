@@ -401,6 +401,24 @@ def sanitize_name(text: str, limit: int = 120) -> str:
     return clean
 
 
+def item_figure(config, exp_dir, item_id, obs, recon, target, forward_op) -> None:
+    """The item's panel (and black-hole FITS) in ``<exp_dir>/figures/``; a figure that cannot be
+    drawn is reported and never costs the result."""
+    from inversebench.figures import save_item_figures
+
+    try:
+        save_item_figures(
+            exp_dir,
+            item_id,
+            {"recon": recon, "target": target, "observation": obs},
+            config.problem,
+            forward_op=forward_op,
+            label=config.algorithm.name,
+        )
+    except Exception as err:  # a picture never costs a result
+        log.warning(f"item {item_id}: no figure ({type(err).__name__}: {err})")
+
+
 def format_row(row: dict) -> str:
     return ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "id")
 
@@ -470,6 +488,8 @@ def _run_items(
         ):
             save_result(result_path(exp_dir, item_id), obs, recon, target, compute, folder.fp)
             record(item_id)
+            if config.figures:
+                item_figure(config, exp_dir, item_id, obs, recon, target, forward_op)
             bar.update(1)
             log.info(f"item {item_id}: {format_row(rows[item_id])}")
         if n == 1:  # progress for people watching; shards write the merged file at the end

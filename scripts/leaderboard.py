@@ -5,7 +5,7 @@
                                   [--item-figures]
 
 Writes leaderboard.md, leaderboard.tex, leaderboard.csv and per (problem, compat) a
-compute-vs-quality and a grid figure (utils/leaderboard.py says what each holds).
+compute-vs-quality and a grid figure (inversebench/leaderboard.py says what each holds).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils.leaderboard import main
+from inversebench.leaderboard import main
 
 if __name__ == "__main__":
     main()

@@ -1,5 +1,5 @@
-"""Per-item figures and black-hole FITS (utils/figures.py): the panels each problem gets, files
-written with the expected size, measurement views equal to the operators' own adjoints, and a
+"""Per-item figures and black-hole FITS (inversebench/figures.py): the panels each problem gets,
+files written with the expected size, measurement views equal to the operators' own adjoints, and a
 FITS round trip through astropy and ehtim with the header values."""
 
 from __future__ import annotations
@@ -12,8 +12,7 @@ import torch
 from hydra.utils import instantiate
 from matplotlib.image import imread
 
-from tests.conftest import make_config
-from utils.figures import (
+from inversebench.figures import (
     RADPERUAS,
     _dirty_image,
     field_style,
@@ -21,6 +20,7 @@ from utils.figures import (
     save_item_figures,
     write_fits,
 )
+from tests.conftest import make_config
 from utils.results import collate
 from utils.rng import BatchRNG
 

@@ -1,6 +1,6 @@
-"""The leaderboard (utils/leaderboard.py) over fake run folders laid out as main.py writes them:
-two problems, three algorithms, two compat modes, a second exp_name, an unfinished folder. Table
-contents against each summary.json, best marking by each metric's direction, the Markdown,
+"""The leaderboard (inversebench/leaderboard.py) over fake run folders laid out as main.py writes
+them: two problems, three algorithms, two compat modes, a second exp_name, an unfinished folder.
+Table contents against each summary.json, best marking by each metric's direction, the Markdown,
 LaTeX and CSV outputs (CSV read back exactly; LaTeX well-formed, compiled where a TeX engine
 exists), and the figures."""
 
@@ -19,7 +19,7 @@ import torch
 import yaml
 from matplotlib.image import imread
 
-from utils.leaderboard import (
+from inversebench.leaderboard import (
     build_tables,
     collect_runs,
     direction,
@@ -247,15 +247,16 @@ def test_write_leaderboard_files_and_figures(results, tmp_path, capsys):
 def test_real_runs_of_inverse_scatter_small(config_factory, tmp_path):
     """Two tiny real runs (main.run: FISTA-TV in both compat modes, two items): the tables hold
     their summary.json values, and the grid and per-item figures draw from their results."""
+    from inversebench.leaderboard import item_figures, write_leaderboard
     from main import run
-    from utils.leaderboard import item_figures, write_leaderboard
 
     root = tmp_path / "exps"
     summaries = {}
     for compat in ("corrected", "reference"):
         cfg = config_factory(
             ["problem=inv-scatter-small", "algorithm=fista_tv", f"compat={compat}",
-             f"exp_name={compat}", "problem.data.id_list=0-1", "algorithm.method.num_iters=20"],
+             f"exp_name={compat}", "problem.data.id_list=0-1", "algorithm.method.num_iters=20",
+             f"figures={compat == 'corrected'}"],
             root / "inv-scatter-small",
         )  # fmt: skip
         summaries[compat] = run(cfg)
@@ -268,13 +269,17 @@ def test_real_runs_of_inverse_scatter_small(config_factory, tmp_path):
         for key in ("psnr", "ssim", "psnr_std", "seconds"):
             assert float(r[key]) == pytest.approx(summaries[r["compat"]][key], rel=1e-12)
     assert "inv-scatter-small_reference_grid.png" in written
+    # main.py drew the corrected run's figures itself; the leaderboard fills in the other run's
+    made = root / "inv-scatter-small" / "fista_tv" / "corrected" / "figures"
+    assert sorted(p.name for p in made.glob("*.png")) == ["item_0.png", "item_1.png"]
     paths = item_figures(root)
-    assert sorted(p.name for p in paths) == ["item_0.png", "item_0.png", "item_1.png", "item_1.png"]
+    assert sorted(p.name for p in paths) == ["item_0.png", "item_1.png"]
+    assert all("reference" in str(p) for p in paths)
 
 
 def test_grid_without_targets(tmp_path):
     """Runs on measured data (results without ``target``): the grid has no target column."""
-    from utils.leaderboard import grid_figure
+    from inversebench.leaderboard import grid_figure
 
     root = tmp_path / "inference"
     for algorithm in ("dps", "daps"):

@@ -32,6 +32,7 @@ RUN_ONLY_KEYS = (
     "allow_pickle",
     "shard",
     "objective",
+    "figures",
 )
 
 

@@ -8,7 +8,7 @@ import math
 from omegaconf import OmegaConf
 
 BOOL_KEYS = ("inference", "overwrite", "progress", "wandb", "compile", "tf32", "black_box",
-             "allow_pickle")  # fmt: skip
+             "allow_pickle", "figures")  # fmt: skip
 
 
 def _is_int(value) -> bool:

@@ -44,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
-from utils.figures import default_style
+from inversebench.figures import default_style
 from utils.io import atomic_write_text
 
 COMPUTE = ("nfe", "op_forward", "op_gradient", "op_linear", "seconds", "peak_mb")
@@ -520,7 +520,7 @@ def grid_figure(table: Table, num_items: int = 4, size: float = 2.2):
     import torch
     from matplotlib.figure import Figure
 
-    from utils.figures import field_style
+    from inversebench.figures import field_style
 
     style = field_style(table.rows[0].problem_config)
     ids = common_items(table, num_items)
@@ -598,7 +598,7 @@ def write_leaderboard(
         atomic_write_text(out / name, text)
         written[name] = out / name
     if figures:
-        from utils.figures import save_figure
+        from inversebench.figures import save_figure
 
         for t in tables:
             for kind, fig in (
@@ -612,11 +612,12 @@ def write_leaderboard(
 
 
 def item_figures(root, overwrite: bool = False) -> list[Path]:
-    """Per-item figures (utils.figures.save_item_figures, from the configs alone: no operator,
-    so no black-hole dirty image) for every finished run under ``root`` that lacks them."""
+    """Per-item figures (``inversebench.figures.save_item_figures``, from the configs alone: no
+    operator, so no black-hole dirty image) for every finished run under ``root`` that lacks
+    them."""
     import torch
 
-    from utils.figures import save_item_figures
+    from inversebench.figures import save_item_figures
     from utils.results import load_result
 
     runs, _ = collect_runs(root)
