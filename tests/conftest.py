@@ -22,7 +22,8 @@ torch.set_num_threads(int(os.environ.get("INVERSEBENCH_TEST_THREADS", "1")))
 def make_config(overrides: list[str], exp_dir: Path | None = None):
     with initialize_config_dir(config_dir=CONFIGS, version_base="1.3"):
         extra = [f"problem.exp_dir={exp_dir}"] if exp_dir is not None else []
-        return compose("config", overrides=["progress=false", *extra, *overrides])
+        # no per-item figures unless a test asks (drawing costs seconds per item)
+        return compose("config", overrides=["progress=false", "figures=false", *extra, *overrides])
 
 
 @pytest.fixture
