@@ -88,3 +88,8 @@ class Algo(ABC):
         self, observation: Observation, num_samples: int = 1, rng: BatchRNG | None = None
     ) -> torch.Tensor:
         """Normalized reconstructions, (observation.batch * num_samples, C, H, W)."""
+
+
+def row_norm(x: torch.Tensor) -> torch.Tensor:
+    """Euclidean norm of each row, shaped to broadcast against x."""
+    return x.flatten(1).norm(dim=1).reshape(-1, *[1] * (x.dim() - 1))

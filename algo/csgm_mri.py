@@ -28,8 +28,7 @@ import math
 import numpy as np
 import torch
 
-from algo.base import Algo
-from algo.score_mri import row_norm
+from algo.base import Algo, row_norm
 
 
 def geometric_sigmas(sigma_max: float, sigma_min: float, num_levels: int) -> np.ndarray:

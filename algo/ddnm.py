@@ -27,15 +27,16 @@ one lambda, its units and draw order; equal to it to 2e-12 on the parity fixture
 (the default) is the version above, which deviates from the reference code as follows:
 * Units: everything is in normalized units. y_lin = y - A(0) removes the operator's affine offset
   (the reference applies the pseudo-inverse to the unnormalized y and subtracts the unnormalized
-  forward model from the normalized x: reference bug §6.14).
+  forward model from the normalized x: docs/deviations.md).
 * lambda and gamma are per item (sigma_y is the operator's per-item ``noise_std``) and per singular
   value (n_j = sigma_y / s_j, the paper's general Sigma_t / Phi_t). The reference uses one
   lambda = min(1, sigma' / sigma_y), which is this rule when every s_j = 1 (pixel masks,
   inpainting) but mis-scales the correction for other spectra (measured on the GMM test, d_y 4,
   6 items: sliced W1 1.30 with one lambda, 1.02 per singular value; equal at d_y 1 and 2).
-* The full d x d basis V is used (the reference's thin V drops the null space: bug §6.16), and the
-  fresh noise of the null space is sigma' (the authors' simplified code uses the range space's
-  gamma everywhere, which leaves the null space without noise once sigma' < sigma_y).
+* The full d x d basis V is used (the reference's thin V drops the null space:
+  docs/deviations.md), and the fresh noise of the null space is sigma' (the authors' simplified
+  code uses the range space's gamma everywhere, which leaves the null space without noise once
+  sigma' < sigma_y).
 * The state is kept unscaled and the network is called as D(x; sigma) on any ``Scheduler`` grid;
   the output is the last state, at ``sigma_final`` (= sigma_min by default).
 """
@@ -47,7 +48,7 @@ import math
 import torch
 
 from algo.base import Algo, singular_values
-from algo.ddrm import spectral_observation
+from algo.spectral import scaled_spectral_observation
 from algo.spectral_reference import MASK_THRESHOLD, denoise, reference_sigma_noise
 from utils.compat import check_compat
 from utils.scheduler import Scheduler
@@ -78,7 +79,7 @@ class DDNM(Algo):
         rng = self.sample_rng(observation, num_samples, rng)
         if self.compat == "reference":
             return self.reference_samples(observation, num_samples, rng).to(torch.float32)
-        ybar, noise, observed = spectral_observation(
+        ybar, noise, observed = scaled_spectral_observation(
             self.forward_op, observation, self.shape, num_samples
         )
         sigmas = [float(s) for s in self.scheduler.sigma_steps]

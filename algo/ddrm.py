@@ -19,7 +19,7 @@ then x = V xbar. One network evaluation per step (100 with the reference's grid)
 units and draws; equal to it to 4e-15 on the parity fixtures); ``corrected`` (the default) is the
 version above, which deviates from the reference code as follows:
 * The full d x d basis V is used, so the null space of A is sampled (the reference's thin V drops
-  it: reference bug §6.16).
+  it: docs/deviations.md).
 * sigma_y is the operator's per-item ``noise_std`` (the reference uses one sigma_noise /
   unnorm_scale), and the observation's offset is removed generically, y_lin = y - A(0), which is
   the reference's ``y / unnorm_scale - A(unnorm_shift)`` for any affine operator.
@@ -36,27 +36,11 @@ import math
 
 import torch
 
-from algo.base import Algo, singular_values
+from algo.base import Algo
+from algo.spectral import scaled_spectral_observation
 from algo.spectral_reference import denoise, reference_spectrum, to_image, to_spectral
 from utils.compat import check_compat
 from utils.scheduler import Scheduler
-
-
-def spectral_observation(forward_op, observation, shape, num_samples):
-    """(ybar, noise, observed) per row (rows, m): ybar = U^T y_lin / s, the std sigma_y / s of its
-    noise, and the mask s > 0. y_lin = y - A(0) removes the affine offset of the operator."""
-    B, phys = observation.batch, observation.physics
-    y = observation.y
-    zero = torch.zeros(B, *shape, dtype=torch.float32, device=y.device)
-    y_lin = (y - forward_op.forward(zero, **phys).reshape(y.shape)).reshape(B, -1)
-    s = singular_values(forward_op, observation)  # (B, m)
-    sigma_y = forward_op.noise_std(phys, B).to(device=s.device, dtype=torch.float64)
-    u_y = forward_op.Ut(y_lin, **phys).to(torch.float64)  # (B, m)
-    observed = s > 0
-    safe = torch.where(observed, s, torch.ones_like(s))
-    ybar = torch.where(observed, u_y / safe, torch.zeros_like(u_y))
-    noise = torch.where(observed, sigma_y[:, None] / safe, torch.full_like(s, math.inf))
-    return tuple(t.repeat_interleave(num_samples, 0) for t in (ybar, noise, observed))
 
 
 class DDRM(Algo):
@@ -84,7 +68,9 @@ class DDRM(Algo):
             return self.reference_samples(observation, num_samples, rng).to(torch.float32)
         op, phys, sched = self.forward_op, observation.physics, self.scheduler
         device = observation.y.device
-        ybar, noise, observed = spectral_observation(op, observation, self.shape, num_samples)
+        ybar, noise, observed = scaled_spectral_observation(
+            op, observation, self.shape, num_samples
+        )
         m, d = ybar.shape[1], math.prod(self.shape)
         sigmas = [float(s) for s in sched.sigma_steps]
         # sigma_y / s_j where it is a usable divisor (observed and noisy), else 1.

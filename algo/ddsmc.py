@@ -43,8 +43,9 @@ only); ``corrected`` (the default) is the sampler above, which deviates from the
   the accumulated weights. Resampling every step on long grids lets the particles settle on one
   mode before the weights can tell the modes apart (see configs/tuned/gmm);
 * per-sample random streams and per-sample resampling groups (batch-invariant), float64
-  log-weights; V is the full d x d basis (the reference's thin V drops the null space, §6 bug 16);
-  the network runs in chunks of ``batch_size`` rows; ``verbose`` is accepted and ignored.
+  log-weights; V is the full d x d basis (the reference's thin V drops the null space,
+  docs/deviations.md); the network runs in chunks of ``batch_size`` rows; ``verbose`` is
+  accepted and ignored.
 """
 
 from __future__ import annotations
@@ -55,16 +56,8 @@ import numpy as np
 import torch
 
 from algo.base import Algo, chunked
-from algo.fps import (
-    F64,
-    RESAMPLING,
-    denoise_spectral,
-    pick_one,
-    resample,
-    reweight,
-    spectral_observation,
-    take,
-)
+from algo.smc import F64, RESAMPLING, pick_one, resample, reweight, take
+from algo.spectral import denoise_spectral, spectral_observation
 from algo.spectral_reference import denoise, reference_spectrum, to_image, to_spectral
 from utils.compat import check_compat
 from utils.diffusion import sample

@@ -43,7 +43,7 @@ code (algo/fps.py) as follows:
   mode before the weights can tell the modes apart (see configs/tuned/gmm);
 * one particle per sample is returned (the reference returns all particles of its single run);
 * resampling uses per-sample streams (batch-invariant) and float64 log-weights; V is the full
-  d x d basis (the reference's thin V drops the null space, §6 bug 16).
+  d x d basis (the reference's thin V drops the null space, docs/deviations.md).
 
 Note (not a deviation): ``eta`` is a fixed re-noising fraction per step, as in the paper's code
 (its ``c_rate``), not DDIM's eta, so the kernel is not a consistent discretisation of the reverse
@@ -57,90 +57,17 @@ import math
 
 import torch
 
-from algo.base import Algo, chunked, singular_values
+from algo.base import Algo, singular_values
+from algo.smc import pick_one, resample, reweight, take
+from algo.spectral import denoise_spectral, spectral_observation
 from algo.spectral_reference import denoise, reference_spectrum, to_image, to_spectral
 from utils.compat import check_compat
 from utils.scheduler import Scheduler
 
 F64 = torch.float64
-RESAMPLING = ("multinomial", "stratified", "systematic")
 
 
 # -- helpers shared by the SMC samplers (FPS, MCGDiff, DDSMC) -------------------------------------
-def spectral_observation(forward_op, observation, shape):
-    """The observation in SVD coordinates: (y' = U^T (y - A 0), s, sigma_y, observed) with y', s,
-    observed (B, m) and sigma_y (B,), all float64; ``observed`` is s > 0."""
-    B = observation.batch
-    phys = observation.physics
-    dev = observation.y.device
-    zero = torch.zeros(B, *shape, dtype=F64, device=dev)
-    y_lin = observation.y.to(F64) - forward_op.forward(zero, **phys).reshape(observation.y.shape)
-    y_spec = forward_op.Ut(y_lin, **phys).reshape(B, -1).to(F64)
-    s = singular_values(forward_op, observation)
-    sigma_y = forward_op.noise_std(phys, B).to(device=dev, dtype=F64).reshape(B)
-    return y_spec, s, sigma_y, s > 0
-
-
-def denoise_spectral(net, forward_op, physics, u, sigma, shape, batch_size):
-    """V^T D(V u; sigma) for spectral states u (B, G, P, d) (float64 out, float32 network)."""
-    rows = u.reshape(-1, u.shape[-1])
-    x = forward_op.V(rows, **physics).reshape(-1, *shape).to(torch.float32)
-    sig = torch.as_tensor(float(sigma), device=x.device)
-    x0 = chunked(lambda part: net(part, sig), x, batch_size)
-    return forward_op.Vt(x0.to(F64), **physics).reshape(u.shape)
-
-
-def resample(log_w, uniforms, method="multinomial"):
-    """Ancestor indices (..., P) drawn from the normalized weights of each group (last dim P),
-    given uniforms (..., P) in [0, 1): multinomial, stratified or systematic (one uniform per
-    group, the first). Non-finite log-weights count as zero weight; an all-zero group is uniform."""
-    log_w = torch.where(torch.isfinite(log_w), log_w.to(F64), -math.inf)
-    dead = torch.isinf(log_w.amax(-1, keepdim=True))
-    log_w = torch.where(dead, torch.zeros_like(log_w), log_w)
-    cdf = torch.softmax(log_w, -1).cumsum(-1)
-    cdf = cdf / cdf[..., -1:]
-    P = uniforms.shape[-1]
-    u = uniforms.to(F64)
-    if method == "stratified":
-        u = (torch.arange(P, dtype=F64, device=u.device) + u) / P
-    elif method == "systematic":
-        u = (torch.arange(P, dtype=F64, device=u.device) + u[..., :1]) / P
-    elif method != "multinomial":
-        raise ValueError(f"resampling must be one of {RESAMPLING}, got {method!r}")
-    idx = torch.searchsorted(cdf.contiguous(), u.contiguous(), right=True)
-    return idx.clamp_max(log_w.shape[-1] - 1)
-
-
-def reweight(log_W, log_w, uniforms, ess_threshold=1.0, method="multinomial"):
-    """Adds incremental log-weights log_w to the running ones log_W (both (B, G, P)) and
-    resamples the groups whose effective sample size falls below ``ess_threshold`` x P (1: every
-    group whose weights are not uniform, as the papers do every step). Returns the ancestor
-    indices (identity where not resampled) and the running log-weights after the step."""
-    log_W = log_W + log_w
-    log_W = torch.where(torch.isfinite(log_W), log_W, -math.inf)
-    P = log_W.shape[-1]
-    norm = torch.logsumexp(log_W, -1, keepdim=True)
-    ess = 1.0 / torch.exp(2 * (log_W - norm)).sum(-1, keepdim=True)
-    ess = torch.nan_to_num(ess, nan=0.0)
-    redo = ess < ess_threshold * P * (1 - 1e-9)
-    keep = torch.arange(P, device=log_W.device).expand_as(log_W)
-    idx = torch.where(redo, resample(log_W, uniforms, method), keep)
-    log_W = torch.where(redo, torch.zeros_like(log_W), torch.nan_to_num(log_W - norm, nan=0.0))
-    return idx, log_W
-
-
-def take(x, idx):
-    """Particles x (B, G, P, ...) at indices idx (B, G, Q) along the particle dimension."""
-    idx = idx.reshape(*idx.shape, *[1] * (x.dim() - 3)).expand(*idx.shape, *x.shape[3:])
-    return torch.gather(x, 2, idx)
-
-
-def pick_one(x, log_w, rng):
-    """One particle per sample (B, G, P, d) -> (B*G, d), drawn by the weights (one uniform per
-    sample from ``rng``, whose rows are the samples)."""
-    B, G = x.shape[:2]
-    u = rng.rand(dtype=F64).to(x.device).reshape(B, G, 1)
-    return take(x, resample(log_w, u)).reshape(B * G, -1)
 
 
 # -- FPS ------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from algo.adam import DataFitBaseline
+from algo.data_fit import DataFitBaseline
 from utils.progress import report
 
 

@@ -36,8 +36,8 @@ particles); ``corrected`` (the default) is the filter above, with these deviatio
   their effective sample size falls below ess_threshold x P, and the final particle is drawn by
   the accumulated weights. Resampling every step on long grids lets the particles settle on one
   mode before the weights can tell the modes apart (see configs/tuned/gmm);
-* the reference's thin V drops the null space of A (§6 bug 16); resampling is per sample from
-  per-sample streams, in float64; the network runs in chunks of ``batch_size`` rows.
+* the reference's thin V drops the null space of A (docs/deviations.md); resampling is per
+  sample from per-sample streams, in float64; the network runs in chunks of ``batch_size`` rows.
 """
 
 from __future__ import annotations
@@ -47,15 +47,8 @@ import math
 import torch
 
 from algo.base import Algo
-from algo.fps import (
-    F64,
-    denoise_spectral,
-    pick_one,
-    resample,
-    reweight,
-    spectral_observation,
-    take,
-)
+from algo.smc import F64, pick_one, resample, reweight, take
+from algo.spectral import denoise_spectral, spectral_observation
 from algo.spectral_reference import denoise, reference_spectrum, to_image, to_spectral
 from utils.compat import check_compat
 from utils.scheduler import Scheduler

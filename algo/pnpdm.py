@@ -48,8 +48,8 @@ from __future__ import annotations
 import torch
 
 from algo.base import Algo
-from algo.daps import Langevin, check_finite, check_sigma_grid, grid_from, integrate_from
-from algo.diffpir import LinearGaussian
+from algo.langevin import Langevin, check_finite, check_sigma_grid, grid_from, integrate_from
+from algo.linear_gaussian import LinearGaussian
 from utils.compat import check_compat
 from utils.progress import report
 from utils.scheduler import Scheduler, partial_scheduler

@@ -25,14 +25,9 @@ from __future__ import annotations
 
 import torch
 
-from algo.base import Algo
+from algo.base import Algo, row_norm
 from utils.diffusion import denoise_scaled, euler_step
 from utils.scheduler import Scheduler
-
-
-def row_norm(x: torch.Tensor) -> torch.Tensor:
-    """Euclidean norm of each row, shaped to broadcast against x."""
-    return x.flatten(1).norm(dim=1).reshape(-1, *[1] * (x.dim() - 1))
 
 
 class ScoreMRI(Algo):

@@ -22,7 +22,8 @@ import torch
 from hydra.utils import instantiate
 
 from algo.daps import DAPS
-from algo.diffpir import DiffPIR, LinearGaussian
+from algo.diffpir import DiffPIR
+from algo.linear_gaussian import LinearGaussian
 from algo.pnpdm import PnPDM
 from eval import ExactPosterior, dense_matrix, mixture_moments
 from inverse_problems.linear import PixelSubsample, SVDLinear

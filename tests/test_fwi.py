@@ -43,7 +43,7 @@ def layered(batch: int, nz: int, nx: int) -> torch.Tensor:
 
 
 def smooth_direction(nz: int, nx: int, seed: int = 0) -> torch.Tensor:
-    from algo.adam import gaussian_smooth
+    from algo.data_fit import gaussian_smooth
 
     g = torch.Generator().manual_seed(seed)
     d = gaussian_smooth(torch.randn(1, 1, nz, nx, generator=g), 3.0)
@@ -80,7 +80,7 @@ def test_taylor_remainders_halve_and_quarter(compat):
 
 
 def gaussian_blur_start(x: torch.Tensor) -> torch.Tensor:
-    from algo.adam import gaussian_smooth
+    from algo.data_fit import gaussian_smooth
 
     return gaussian_smooth(x, 4.0)
 
@@ -268,7 +268,7 @@ def test_fwi_small_end_to_end(config_factory):
     on the adjoint-state gradient."""
     from hydra.utils import instantiate
 
-    from algo.adam import gaussian_smooth
+    from algo.data_fit import gaussian_smooth
     from main import run
 
     common = ["problem=fwi-small", "pretrain=fwi-small", "problem.model.n_workers=0"]
