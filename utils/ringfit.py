@@ -137,7 +137,7 @@ def circular_spread_deg(angles_deg) -> float:
     """Circular standard deviation (degrees) of angles: sqrt(-2 ln R), R the mean resultant."""
     z = np.exp(1j * np.radians(np.asarray(angles_deg, dtype=np.float64)))
     r = min(abs(z.mean()), 1.0)
-    return float(np.degrees(math.sqrt(max(-2 * math.log(max(r, 1e-300)), 0.0))))
+    return float(np.degrees(math.sqrt(max(-2 * math.log(max(r, 1e-300)), 0.0)))) + 0.0  # no -0
 
 
 def circular_mean_deg(angles_deg) -> float:
