@@ -122,8 +122,14 @@ class AcousticWave(BaseOperator):
         unnorm_scale: float = 1.0,
         device="cpu",
         compat: str = "corrected",
-        **_ignored,  # the reference's bcs, gc_threshold
+        bcs: str = "damp",
+        gc_threshold: int | None = None,
     ):
+        """``bcs`` and ``gc_threshold`` are the reference's keys, accepted so its command lines
+        run: the only boundary condition is an absorbing sponge (``damp``), and garbage collection
+        needs no threshold here (workers keep one built solver, no per-call objects)."""
+        if bcs != "damp":
+            raise ValueError(f"bcs={bcs!r}: only the absorbing sponge 'damp' is implemented")
         super().__init__(sigma_noise, unnorm_shift, unnorm_scale, device, compat=compat)
         if self.compat == "reference" and int(space_order) != REFERENCE_SPACE_ORDER:
             # the reference passes space_order to its Model (halo and free-surface rows) only; its
