@@ -208,10 +208,13 @@ def write_synthetic_uvfits(
     seed: int = 0,
 ) -> Path:
     """Observe ``image`` (rows north to south, east left; scaled to ``total_flux_jy``) with
-    ehtim's simulator toward M87* on the EHT 2017 night (thermal noise from the SEFDs; with
-    ``gain_errors`` station gains of 10 % and random phases, as ehtim's ``observe``) and write a
-    uvfits file with the stations renamed by ``codes`` (the files' two-letter codes). ehtim
-    draws its noise from numpy's global RNG: it is seeded with ``seed`` here and restored."""
+    ehtim's simulator toward M87* on the EHT 2017 night (thermal noise from the SEFDs) and write
+    a uvfits file with the stations renamed by ``codes`` (the files' two-letter codes). With
+    ``gain_errors``, station gains per time stamp are applied afterwards: amplitude
+    1 + 0.1 N(0, 1) and a uniform phase per station (ehtim's own gain draws are seeded from
+    Python's per-process string hash, so its files would differ from run to run), sigmas scaled
+    with the amplitudes as ehtim does. Reproducible: ehtim's thermal noise comes from numpy's
+    global RNG, seeded with ``seed`` here and restored; the gains from a local generator."""
     import contextlib
     import io
 
@@ -235,13 +238,25 @@ def write_synthetic_uvfits(
         with contextlib.redirect_stdout(io.StringIO()):
             obs = im.observe(
                 arr, tint, tadv, 0.0, 24.0, 2e9, mjd=57849, elevmin=10.0, elevmax=85.0,
-                ttype="direct", add_th_noise=True, ampcal=not gain_errors,
-                phasecal=not gain_errors, seed=seed + 1,  # ehtim: 0 means unseeded
+                ttype="direct", add_th_noise=True, ampcal=True, phasecal=True,
             )  # fmt: skip
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            obs.save_uvfits(str(path))
     finally:
         np.random.set_state(state)  # noqa: NPY002
+    if gain_errors:
+        d = obs.data
+        rng = np.random.default_rng(seed)
+        times, sites = np.unique(d["time"]), list(arr.tarr["site"])
+        amp = 1 + 0.1 * rng.standard_normal((len(times), len(sites)))
+        gain = amp * np.exp(2j * np.pi * rng.random((len(times), len(sites))))
+        t = np.searchsorted(times, d["time"])
+        g1 = gain[t, [sites.index(x) for x in d["t1"]]]
+        g2 = gain[t, [sites.index(x) for x in d["t2"]]]
+        d["vis"] = d["vis"] * g1 * np.conj(g2)
+        for k in ("sigma", "qsigma", "usigma", "vsigma"):
+            d[k] = d[k] * np.abs(g1 * g2)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.redirect_stdout(io.StringIO()):
+        obs.save_uvfits(str(path))
     return Path(path)
 
 
