@@ -183,8 +183,12 @@ def test_svd_off_removes_capabilities():
     class Net:
         shape = (1, 8, 8)
 
-    with pytest.raises(ValueError, match=r"svd.*inv-scatter-small"):
+    with pytest.raises(ValueError, match=r"needs operator capabilities \['svd'\]"):
         DDRM(Net(), op, {"num_steps": 10})
+    # main.py names the problems that offer it (read from the configs)
+    from main import problems_offering
+
+    assert "inv-scatter-small" in problems_offering({"svd"})
 
 
 def test_phantoms_in_range_and_cell_counts():

@@ -122,7 +122,7 @@ def test_corrupt_checkpoint(tmp_path):
     _, path = _save_toy(tmp_path)
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(ValueError, match="corrupt or truncated"):
+    with pytest.raises(ValueError, match="truncated or damaged zip archive"):
         load_state_dict(path)
 
 
