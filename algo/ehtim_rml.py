@@ -18,12 +18,20 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 
 import numpy as np
 import torch
 
 from algo.base import Algo
-from inverse_problems.eht import RADPERUAS
+
+RADPERUAS = math.pi / 180.0 / 3600.0 / 1e6  # radians per micro-arcsecond
+
+
+def station_names(codes: torch.Tensor) -> list[str]:
+    """Station codes of a measured item (S, 8) ASCII rows (``training.observed``) as strings."""
+    rows = codes.detach().cpu().numpy().astype(np.uint8)
+    return [bytes(r[r > 0]).decode("ascii") for r in rows if (r > 0).any()]
 
 
 class EhtimRML(Algo):
@@ -69,8 +77,6 @@ class EhtimRML(Algo):
 
         cov, src = self.op.coverage, dict(self.op.coverage.source)
         if physics is not None and "uv" in physics:
-            from training.observed import station_names
-
             n = int(physics["amp_mask"][0].sum())
             names = np.asarray(station_names(physics["stations"][0]))
             time = physics["time"][0, :n].cpu().numpy()

@@ -56,19 +56,13 @@ def _files(files, suffixes: tuple[str, ...], what: str) -> list[Path]:
 
 
 def _codes(names, width: int = 8) -> np.ndarray:
-    """Station codes as (S, width) uint8 ASCII (tensors cannot hold strings)."""
+    """Station codes as (S, width) uint8 ASCII (tensors cannot hold strings; read back by
+    ``algo.ehtim_rml.station_names``)."""
     out = np.zeros((len(names), width), dtype=np.uint8)
     for i, s in enumerate(names):
         b = str(s).encode("ascii", "replace")[:width]
         out[i, : len(b)] = np.frombuffer(b, dtype=np.uint8)
     return out
-
-
-def station_names(codes: torch.Tensor) -> list[str]:
-    """The station codes of ``_codes`` back as strings (empty rows dropped)."""
-    rows = codes.detach().cpu().numpy().astype(np.uint8)
-    names = [bytes(r[r > 0]).decode("ascii") for r in rows]
-    return [n for n in names if n]
 
 
 class ObservedUVFits(Dataset):
