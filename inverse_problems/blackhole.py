@@ -90,7 +90,6 @@ class BlackHoleImaging(BaseOperator):
         total_flux_jy: float | None = None,
         device="cpu",
         compat: str = "corrected",
-        **_ignored,
     ):
         """``root``: a folder with the reference's ``obs.uvfits`` (uv coverage and sigmas) and
         ``gt.fits`` (regridded to ``imsize`` pixels on its own field of view, as the reference

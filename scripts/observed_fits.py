@@ -23,11 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from inverse_problems.eht import M87, RADPERUAS
-
-try:  # the figures module (issue "Results people can read"), wherever the package keeps it
-    from inversebench.figures import write_fits
-except ImportError:
-    from utils.figures import write_fits
+from inversebench.figures import write_fits
 
 
 def item_fits(out_dir, item_id: int, result: dict, psize: float, flux_scale: float) -> list[Path]:

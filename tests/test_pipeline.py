@@ -247,3 +247,11 @@ def test_operator_typos_are_refused(config_factory, tmp_path, problem, typo):
     with pytest.raises(ValueError, match=f"takes no argument '{typo}'"):
         run(cfg)
     assert not (tmp_path / "exps").exists()
+
+
+def test_black_hole_typos_are_refused(config_factory, tmp_path):
+    cfg = config_factory(
+        ["problem=blackhole-small", "+problem.model.noise_typ=eht"], tmp_path / "x"
+    )
+    with pytest.raises(ValueError, match="takes no argument 'noise_typ'"):
+        run(cfg)
