@@ -1,5 +1,5 @@
-"""Black-hole imaging operator: EHT coverage, DFT against ehtim, closure physics, noise, chi^2,
-gradients and batching."""
+"""Black-hole imaging operator: EHT coverage, DFT against ehtim, closure physics, noise, chi^2.
+Gradient and batching: the shared tests (tests/test_operators.py)."""
 
 from __future__ import annotations
 
@@ -10,23 +10,13 @@ import numpy as np
 import pytest
 import torch
 
+from tests.registry import bh_ring as ring
 from utils.rng import BatchRNG
 
 pytest.importorskip("ehtim")
 
 ROOT = Path(__file__).resolve().parents[1]
 ARRAY = ROOT / "data" / "eht" / "EHT2017_m87.txt"
-
-
-def ring(n=64, fov=160.0, radius=20.0, width=4.0, angle=1.0):
-    """Normalized [-1, 1] crescent: an asymmetric Gaussian ring of ``radius`` uas."""
-    c = (torch.arange(n, dtype=torch.float64) - n / 2 + 0.5) * fov / n
-    yy, xx = torch.meshgrid(c, c, indexing="ij")
-    r = (xx**2 + yy**2).sqrt()
-    img = torch.exp(-(((r - radius) / width) ** 2) / 2) * (
-        1 + 0.6 * torch.cos(torch.atan2(yy, xx) - angle)
-    )
-    return (2 * img / img.max() - 1)[None]
 
 
 @pytest.fixture(scope="module")
@@ -105,34 +95,6 @@ def test_eht_noise_corrupts_amplitudes_not_closures(op):
     assert float(chi[0]) > 20  # amplitudes carry the gain errors (gain_std 0.1)
     assert abs(float(chi[1]) - 1) < 0.2 and abs(float(chi[2]) - 1) < 0.2
     assert obs.y.shape == obs_eht.y.shape == (1, 837 + 508 + 427 + 1)
-
-
-def test_gradient_matches_finite_differences(op):
-    x = ring()[None].repeat(2, 1, 1, 1)
-    obs = op({"target": x}, BatchRNG.for_items(0, range(2), 0))
-    g = torch.Generator().manual_seed(0)
-    x0 = (x + 0.05 * torch.randn(x.shape, dtype=torch.float64, generator=g)).clamp(-1, 1)
-    d = torch.randn(x.shape, dtype=torch.float64, generator=g)
-    grad, loss = op.gradient(x0, obs, return_loss=True)
-    h = 1e-6
-    fd = (op.loss(x0 + h * d, obs) - op.loss(x0 - h * d, obs)) / (2 * h)
-    torch.testing.assert_close((grad * d).flatten(1).sum(1), fd, rtol=1e-5, atol=0)
-    torch.testing.assert_close(loss, op.loss(x0, obs))
-
-
-def test_batch_elements_are_independent(op):
-    """Observations and losses of a batch equal those of each item alone (per-item streams)."""
-    x = torch.cat([ring(), ring(radius=25.0, angle=2.0), ring(radius=15.0)])[:, None]
-    rng = BatchRNG.for_items(3, range(3), 0)
-    obs = op({"target": x}, rng)
-    probe = x.flip(-1).repeat_interleave(2, 0)
-    loss = op.loss(probe, obs)
-    for i in range(3):
-        alone = op({"target": x[i : i + 1]}, BatchRNG(rng.seeds[i : i + 1]))
-        torch.testing.assert_close(alone.y, obs.y[i : i + 1])
-        torch.testing.assert_close(
-            op.loss(probe[2 * i : 2 * i + 2], alone), loss[2 * i : 2 * i + 2]
-        )
 
 
 def test_observation_time_ratio_and_bad_settings(op):

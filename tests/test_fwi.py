@@ -1,6 +1,8 @@
 """Full-waveform inversion operator (inverse_problems/acoustic.py, fwi_devito.py): the adjoint-state
-gradient by a Taylor test, first arrivals against the analytic 2-D Green's function, batch
-independence, the Dask cluster's life cycle, clear errors, and fwi-small through main.py."""
+gradient by a Taylor test in both compat modes, first arrivals against the analytic 2-D Green's
+function, the Dask cluster's life cycle, clear errors, and fwi-small through main.py. Batch
+independence and the shared properties: tests/test_operators.py (the tiny survey lives in
+tests/registry.py)."""
 
 from __future__ import annotations
 
@@ -14,32 +16,8 @@ import torch
 from inverse_problems.acoustic import AcousticWave
 from inverse_problems.base import Observation
 from inverse_problems.fwi_devito import jit_cache_dir
-
-#: A tiny survey (2 shots; 10 m cells; 15 Hz) that solves in milliseconds.
-TINY = dict(
-    shape=(40, 30),
-    spacing=(10.0, 10.0),
-    tn=400.0,
-    f0=0.015,
-    dt=1.0,
-    nbl=20,
-    nreceivers=21,
-    nshots=2,
-    src_depth=290.0,
-    rec_depth=10.0,
-    n_workers=0,
-)
-
-
-def layered(batch: int, nz: int, nx: int) -> torch.Tensor:
-    """Normalized models (v - 3 km/s): two layers with a dipping interface, one per row."""
-    z = torch.arange(nz).view(nz, 1).float()
-    xg = torch.arange(nx).view(1, nx).float()
-    rows = []
-    for b in range(batch):
-        interface = nz / 2 + (b + 1) * 0.15 * (xg - nx / 2)
-        rows.append(torch.where(z < interface, -1.0 + 0.1 * b, 0.3 + 0.2 * b))
-    return torch.stack(rows).unsqueeze(1)
+from tests.registry import FWI_TINY as TINY
+from tests.registry import layered
 
 
 def smooth_direction(nz: int, nx: int, seed: int = 0) -> torch.Tensor:
@@ -143,23 +121,6 @@ def test_homogeneous_arrivals_match_the_2d_greens_function():
         shapes.append(float(np.dot(num, ref) / np.linalg.norm(num) / np.linalg.norm(ref)))
     assert max(errors) < 0.1, errors
     assert min(shapes) > 0.998, shapes
-
-
-def test_batch_equals_single_calls():
-    op = AcousticWave(**TINY)
-    nx, nz = op.survey.shape
-    x = layered(3, nz, nx)
-    together = op.forward(x)
-    alone = torch.cat([op.forward(x[i : i + 1]) for i in range(3)])
-    assert together.shape == (3, 2, op.survey.nt, 21)
-    assert torch.equal(together, alone)
-    obs = Observation(together[[2, 0]])  # two items, two rows each
-    xs = torch.cat([x[2:3], x[1:2], x[0:1], x[1:2]])  # rows 0 and 2 are their items' truths
-    g, loss = op.gradient(xs, obs, return_loss=True)
-    for r in range(4):
-        gr, lr = op.gradient(xs[r : r + 1], obs.item(r // 2), return_loss=True)
-        assert torch.allclose(g[r : r + 1], gr) and torch.allclose(loss[r : r + 1], lr)
-    assert loss[0] == 0 and loss[2] == 0 and loss[1] > 0
 
 
 def test_in_process_solves_leave_the_callers_float_mode_alone():

@@ -1,4 +1,5 @@
-"""Inverse scattering: Born physics, exact adjoint, SVD pieces, gradient, batching, cache, data."""
+"""Inverse scattering: Born physics, SVD against the dense matrix (truncation, tall and wide),
+noise, cache, data. Adjoint, gradient and batching: the shared tests (tests/test_operators.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ import pytest
 import torch
 from scipy.special import hankel1
 
-from inverse_problems.base import Observation
 from inverse_problems.inverse_scatter import InverseScatter
 from training.dataset import LMDBData, write_lmdb
 from training.phantoms import generate, hl60_phantom
@@ -71,14 +71,6 @@ def test_reciprocity():
     torch.testing.assert_close(y, y.transpose(1, 2), rtol=1e-12, atol=0)
 
 
-def test_adjoint(op):
-    x = rand_x(3) * 2 - 1
-    v = torch.randn(3, 8, 12, 2, dtype=F64, generator=torch.Generator().manual_seed(1))
-    lhs = (linear(op, x) * v).sum()
-    rhs = (x * op.adjoint(v)).sum()
-    assert abs(float(lhs - rhs)) < 1e-12 * float(lhs.abs())
-
-
 def test_svd_pieces(svd_op):
     op = svd_op
     assert (op.num_measurements < op.dim) == (op.Nx == 16)
@@ -117,31 +109,6 @@ def test_pseudo_inverse_solves_least_squares(svd_op):
     # normal equations on the kept subspace: V_k^T (A^T (A p - y)) = 0
     normal = op.Vt(op.adjoint(linear(op, p) - linear(op, xr)))[:, :k]
     assert float(normal.abs().max()) < 1e-8 * float(op.adjoint(linear(op, xr)).abs().max())
-
-
-def test_gradient_matches_finite_differences(op):
-    x = rand_x(2, seed=4) * 2 - 1
-    y = op.forward(rand_x(1, seed=5) * 2 - 1)
-    obs = Observation(y)
-    g, loss = op.gradient(x, obs, return_loss=True)
-    torch.testing.assert_close(loss, op.loss(x, obs))
-    d = torch.randn_like(x)
-    h = 1e-4
-    fd = (op.loss(x + h * d, obs) - op.loss(x - h * d, obs)) / (2 * h)
-    torch.testing.assert_close((g * d).flatten(1).sum(1), fd, rtol=1e-6, atol=0)
-
-
-def test_batch_equals_single_calls(op):
-    x = rand_x(4, seed=6)
-    y = op.forward(rand_x(2, seed=7))
-    obs = Observation(y)
-    batch = op.forward(x)
-    grads = op.gradient(x, obs)
-    for i in range(4):
-        torch.testing.assert_close(batch[i : i + 1], op.forward(x[i : i + 1]), rtol=1e-13, atol=0)
-    for b in range(2):
-        single = op.gradient(x[2 * b : 2 * b + 2], obs.item(b))
-        torch.testing.assert_close(grads[2 * b : 2 * b + 2], single, rtol=1e-12, atol=1e-20)
 
 
 def test_complex_noise_level():
@@ -293,7 +260,7 @@ def test_svd_algorithms_run_on_small_problem(algo, extra, config_factory):
     """Every SVD-based algorithm through main.py on two items solved together (the operator's
     singular values are shared by the items), a few steps each: finite results."""
     from main import run
-    from tests.test_algorithms_end_to_end import TINY
+    from tests.registry import ALGORITHMS as TINY
 
     summary = run(
         config_factory(

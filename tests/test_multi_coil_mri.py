@@ -1,4 +1,5 @@
-"""Multi-coil MRI (SENSE) operator: FFT, adjoint, masks, per-item physics, observations."""
+"""Multi-coil MRI (SENSE) operator: FFT, masks, observations. Adjoint, gradient and per-item
+physics: the shared tests (tests/test_operators.py)."""
 
 from __future__ import annotations
 
@@ -9,31 +10,15 @@ import torch
 
 from inverse_problems.base import Observation
 from inverse_problems.multi_coil_mri import MultiCoilMRI, acs_lines, fft2c, ifft2c, line_mask
+from tests.registry import line_masks as masks
+from tests.registry import smooth_maps
 from utils.rng import BatchRNG
 
 F64 = torch.float64
 
 
-def smooth_maps(B, coils, n, seed=0, normalize=True):
-    """Smooth random complex coil maps (B, Nc, n, n); sum_c |S_c|^2 = 1 when ``normalize``."""
-    g = torch.Generator().manual_seed(seed)
-    low = torch.randn(B, coils, 4, 4, 2, dtype=F64, generator=g)
-    up = torch.nn.functional.interpolate(
-        low.permute(0, 1, 4, 2, 3).reshape(B, coils * 2, 4, 4), size=(n, n), mode="bicubic"
-    )
-    maps = torch.view_as_complex(up.reshape(B, coils, 2, n, n).permute(0, 1, 3, 4, 2).contiguous())
-    if normalize:
-        maps = maps / maps.abs().square().sum(1, keepdim=True).sqrt()
-    return maps
-
-
 def rand_x(rows, n, seed=1):
     return torch.randn(rows, 2, n, n, dtype=F64, generator=torch.Generator().manual_seed(seed))
-
-
-def masks(B, n, seed=2):
-    g = torch.Generator().manual_seed(seed)
-    return torch.stack([line_mask(n, 4, "random", g) for _ in range(B)])[:, None, :]  # (B, 1, W)
 
 
 def test_centered_fft_is_unitary_and_centered():
@@ -72,16 +57,6 @@ def test_operator_mask_from_seed_and_file(tmp_path):
     assert again.default_mask().shape == (1, 64, 1)
 
 
-def test_adjoint():
-    op = MultiCoilMRI(total_lines=16)
-    maps, mask = smooth_maps(2, 4, 16), masks(2, 16)
-    x = rand_x(6, 16)  # 2 items x 3 rows
-    y = torch.randn(6, 4, 16, 16, 2, dtype=F64, generator=torch.Generator().manual_seed(5))
-    lhs = (op.forward(x, maps, mask) * y).sum()
-    rhs = (x * op.adjoint(y, maps, mask)).sum()
-    assert abs(float(lhs - rhs)) < 1e-12 * float(lhs.abs())
-
-
 @pytest.mark.parametrize("shape", [(16, 16), (14, 10), (15, 12), (13, 11)])
 def test_modulated_fft_path_equals_explicit_shifts(shape):
     """Even sizes fold the centered FFT's shifts and scaling into one k-space weight; odd sizes
@@ -110,32 +85,6 @@ def test_fully_sampled_adjoint_recovers_image():
     full = torch.ones(2, 1, 16, dtype=torch.bool)
     x = rand_x(2, 16)
     torch.testing.assert_close(op.adjoint(op.forward(x, maps, full), maps, full), x)
-
-
-def test_batch_with_different_maps_equals_items_alone():
-    op = MultiCoilMRI(total_lines=16)
-    maps, mask = smooth_maps(3, 4, 16), masks(3, 16)
-    x = rand_x(6, 16)
-    obs = Observation(op.forward(rand_x(3, 16, seed=9), maps, mask), {"maps": maps, "mask": mask})
-    y = op.forward(x, maps, mask)
-    g = op.gradient(x, obs)
-    for i in range(3):
-        rows = slice(2 * i, 2 * i + 2)
-        one = obs.item(i)
-        torch.testing.assert_close(y[rows], op.forward(x[rows], **one.physics), rtol=0, atol=1e-14)
-        torch.testing.assert_close(g[rows], op.gradient(x[rows], one), rtol=0, atol=1e-12)
-
-
-def test_gradient_matches_finite_differences():
-    op = MultiCoilMRI(total_lines=16)
-    maps, mask = smooth_maps(1, 3, 16), masks(1, 16)
-    obs = Observation(op.forward(rand_x(1, 16, seed=3), maps, mask), {"maps": maps, "mask": mask})
-    x, d = rand_x(2, 16, seed=4), rand_x(2, 16, seed=6)
-    g, loss = op.gradient(x, obs, return_loss=True)
-    torch.testing.assert_close(loss, op.loss(x, obs))
-    h = 1e-5
-    fd = (op.loss(x + h * d, obs) - op.loss(x - h * d, obs)) / (2 * h)
-    torch.testing.assert_close((g * d).flatten(1).sum(1), fd, rtol=1e-7, atol=0)
 
 
 def test_observations_real_and_simulated():

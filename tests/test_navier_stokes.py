@@ -1,4 +1,5 @@
-"""The Navier–Stokes operator, its data generator and the GRF-unknown problem end to end."""
+"""The Navier–Stokes operator, its data generator and the GRF-unknown problem end to end. Row
+independence and the differentiable solver's Taylor test: tests/test_operators.py."""
 
 from __future__ import annotations
 
@@ -13,15 +14,11 @@ from inverse_problems.navier_stokes import ForwardNavierStokes2d
 from main import run
 from models.analytic import AnalyticPrior
 from scripts.make_navier_stokes_data import generate
+from tests.registry import ns_field as _x
 from training.dataset import LMDBData, write_lmdb
 from utils.distributions import matern_field
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _x(n, size=16, seed=0):
-    field = matern_field(size, alpha=2.5, tau=7.0, variance=0.09)
-    return field.sample(n, torch.Generator().manual_seed(seed)).reshape(n, 1, size, size).float()
 
 
 def test_forward_shape_and_black_box_by_default():
@@ -33,36 +30,6 @@ def test_forward_shape_and_black_box_by_default():
         DPS(AnalyticPrior(matern_field(16)), op, {"num_steps": 2}, guidance_scale=1.0)
     with pytest.raises(ValueError, match="shape"):
         op.forward(torch.zeros(1, 1, 8, 8))
-
-
-def test_rows_are_independent():
-    op = ForwardNavierStokes2d(resolution=16, downsample_factor=2, delta_t=0.01)
-    x = _x(3, seed=1)
-    together = op.forward(x)
-    alone = torch.cat([op.forward(x[i : i + 1]) for i in range(3)])
-    torch.testing.assert_close(together, alone, rtol=1e-5, atol=1e-5)
-
-
-def test_differentiable_gradient_taylor():
-    """With differentiable=true the loss gradient passes a Taylor test (float64 solve)."""
-    op = ForwardNavierStokes2d(
-        resolution=16,
-        downsample_factor=2,
-        forward_time=0.2,
-        delta_t=0.01,
-        adaptive=False,
-        differentiable=True,
-        dtype="float64",
-    )
-    x = _x(1, seed=2).double()
-    y = op.forward(_x(1, seed=3).double())
-    from inverse_problems.base import Observation
-
-    obs = Observation(y)
-    v = _x(1, seed=4).double()
-    grad, loss = op.gradient(x, obs, return_loss=True)
-    errs = [abs(float(op.loss(x + h * v, obs) - loss - h * (grad * v).sum())) for h in (1e-2, 5e-3)]
-    assert errs[0] / errs[1] > 3.5, errs
 
 
 def test_generated_data_round_trip(tmp_path):

@@ -140,9 +140,10 @@ def test_noise_statistics_and_seeding(case):
     """An item's observation ignores its batch-mates (one stream per item); additive noise has
     the declared std."""
     c, obs = case
-    first = {k: v[:1] for k, v in c.data.items()}
-    alone = c.op(first, BatchRNG.for_items(0, [0], 0))
-    torch.testing.assert_close(alone.y, obs.y[:1])
+    for i in range(c.batch):
+        one = {k: v[i : i + 1] for k, v in c.data.items()}
+        alone = c.op(one, BatchRNG.for_items(0, [i], 0))
+        torch.testing.assert_close(alone.y, obs.y[i : i + 1])
     again = c.op(c.data, BatchRNG.for_items(0, range(c.batch), 0))
     torch.testing.assert_close(again.y, obs.y, rtol=0, atol=0)
     if not c.additive_noise:
@@ -165,7 +166,7 @@ def test_float64_input_keeps_working(case):
     assert y64.dtype.is_floating_point and torch.isfinite(y64).all()
     scale = y64.double().abs().max()
     assert float((y64.double() - y32.double()).abs().max()) <= 1e-3 * float(scale)
-    torch.isfinite(c.op.loss(x.double(), obs)).all()
+    assert torch.isfinite(c.op.loss(x.double(), obs)).all()
 
 
 def test_no_state_between_calls(case):
