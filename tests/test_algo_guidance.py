@@ -195,23 +195,6 @@ def test_pigdm_noisy_solve_matches_the_dense_formula(op):
         torch.testing.assert_close(vec[3 * i : 3 * i + 3], dense.T)
 
 
-@pytest.mark.parametrize("name", ["lgd", "pigdm", "reddiff"])
-def test_results_do_not_depend_on_batching_or_earlier_calls(name):
-    """Items solved together == each solved alone; a second call repeats the first."""
-    _, net, op, obs, rng = _gmm_problem(dim_y=2, items=2)
-    if name == "lgd":
-        algo = _lgd(net, op, 15, 3.0)
-    elif name == "pigdm":
-        algo = _pigdm(net, op, 15)
-    else:
-        algo = REDDiff(net, op, num_steps=15, base_lr=0.5)
-    together = algo.inference(obs, num_samples=3, rng=rng)
-    for i in range(2):
-        alone = algo.inference(obs.item(i), num_samples=3, rng=BatchRNG(rng.seeds[i : i + 1]))
-        torch.testing.assert_close(alone, together[3 * i : 3 * i + 3], rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(algo.inference(obs, num_samples=3, rng=rng), together)
-
-
 def test_lgd_one_draw_at_a_time_matches_the_batched_gradient():
     _, net, op, obs, rng = _gmm_problem(dim_y=2, items=2)
     batched = _lgd(net, op, 15, 3.0, batch_grad=True)

@@ -142,10 +142,10 @@ def _algos(prior, op):
 
 
 @pytest.mark.parametrize("name", ["score_mri", "csgm_mri"])
-def test_batch_invariance_and_call_counts(name):
-    """Items with different maps and masks solved together == each alone; a second call repeats
-    the first; per sample, score_mri makes 2 network and 2 operator-gradient calls per step
-    (predictor + one corrector), csgm_mri n_steps_each of each per level from start_iter."""
+def test_call_counts(name):
+    """Per sample, score_mri makes 2 network and 2 operator-gradient calls per step (predictor +
+    one corrector), csgm_mri n_steps_each of each per level from start_iter. (Batching and state:
+    tests/test_algorithms_shared.py; items with different maps: tests/test_operators.py.)"""
     prior, op, obs = problem(items=2, sigma=0.1)
     counts = Counts()
     algo = _algos(CountingNet(prior, counts), CountingOperator(op, counts))[name]
@@ -154,7 +154,3 @@ def test_batch_invariance_and_call_counts(name):
     assert torch.isfinite(together).all() and together.shape == (6, 2, N, N)
     expected = 12 if name == "score_mri" else 10
     assert counts.nfe == expected * 6 and counts.op_gradient == expected * 6
-    for i in range(2):
-        alone = algo.inference(obs.item(i), num_samples=3, rng=BatchRNG(rng.seeds[i : i + 1]))
-        torch.testing.assert_close(alone, together[3 * i : 3 * i + 3], rtol=1e-6, atol=1e-6)
-    torch.testing.assert_close(algo.inference(obs, num_samples=3, rng=rng), together)

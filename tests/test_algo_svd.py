@@ -102,20 +102,6 @@ def test_needs_an_svd(name):
         cls(AnalyticPrior(grid_gmm(4)), _GradientOnly(), VE, **kw)
 
 
-@pytest.mark.parametrize("name", sorted(ALGOS))
-def test_batch_invariance_and_no_state(name):
-    """Items solved together equal each item solved alone; a second call repeats the first."""
-    gmm, op, _, obs = _gmm_problem(dim_y=2, items=3)
-    net = AnalyticPrior(gmm)
-    cls, kw = ALGOS[name]
-    algo = cls(net, op, {**VE, "num_steps": 12}, **kw)
-    rng = lambda ids: BatchRNG.for_items(4, ids, 1)  # noqa: E731
-    together = algo.inference(obs, num_samples=5, rng=rng([0, 1, 2]))
-    alone = torch.cat([algo.inference(obs.item(i), 5, rng([i])) for i in range(3)])
-    torch.testing.assert_close(together, alone, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(algo.inference(obs, 5, rng([0, 1, 2])), together, rtol=0, atol=0)
-
-
 class _ShiftedSVD(SVDLinear):
     """An affine operator: A x + 3."""
 
