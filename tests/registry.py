@@ -129,6 +129,43 @@ def bh_ring(n=64, fov=160.0, radius=20.0, width=4.0, angle=1.0):
     return (2 * img / img.max() - 1)[None]
 
 
+def gmm_problem(dim_y=4, items=3, dim=8, op=None, **data_kw):
+    """The Gaussian-mixture toy: (gmm, op, data, obs) for ``items`` items of
+    ``LinearGMMProblems`` (default seed; ``data_kw`` e.g. sigma_noise, id_list), observed with
+    ``op`` (``SVDLinear`` by default) on the observation streams of the items' ids."""
+    from inverse_problems.linear import SVDLinear
+    from training.exact import LinearGMMProblems
+    from utils.distributions import grid_gmm
+    from utils.results import collate
+    from utils.rng import BatchRNG
+
+    gmm = grid_gmm(dim)
+    op = op or SVDLinear()
+    if "id_list" not in data_kw:
+        data_kw["num_items"] = items
+    data = LinearGMMProblems(gmm, dim_y=dim_y, **data_kw)
+    n = len(data.id_list)
+    obs = op(collate([data[i] for i in range(n)]), BatchRNG.for_items(0, data.id_list, 0))
+    return gmm, op, data, obs
+
+
+def grf_problem(items=2, size=16, num_obs=None, sigma_noise=0.1, op=None):
+    """The Gaussian-random-field toy: (field, op, data, obs), ``num_obs`` observed pixels per
+    item (size^2 / 64 by default) through ``PixelSubsample`` (or ``op``)."""
+    from inverse_problems.linear import PixelSubsample
+    from training.exact import PixelGRFProblems
+    from utils.distributions import matern_field
+    from utils.results import collate
+    from utils.rng import BatchRNG
+
+    field = matern_field(size=size)
+    op = op or PixelSubsample(shape=(1, size, size), sigma_noise=sigma_noise)
+    num_obs = size * size // 64 if num_obs is None else num_obs
+    data = PixelGRFProblems(field, num_obs=num_obs, num_items=items)
+    obs = op(collate([data[i] for i in range(items)]), BatchRNG.for_items(0, data.id_list, 0))
+    return field, op, data, obs
+
+
 # -- operators ------------------------------------------------------------------------------------
 def _svd_linear():
     from inverse_problems.linear import SVDLinear

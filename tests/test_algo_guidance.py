@@ -20,6 +20,7 @@ from algo.reddiff import REDDiff
 from eval import ExactPosterior, dense_matrix, mixture_moments
 from inverse_problems.linear import PixelSubsample, SVDLinear
 from models.analytic import AnalyticPrior
+from tests.registry import gmm_problem, grf_problem
 from training.exact import LinearGMMProblems, PixelGRFProblems
 from utils.distributions import grid_gmm, matern_field
 from utils.results import collate
@@ -30,18 +31,12 @@ VE = {"sigma_max": 100, "sigma_min": 0.01, "schedule": "sqrt", "timestep": "log"
 
 
 def _gmm_problem(dim_y=4, items=3):
-    gmm = grid_gmm(8)
-    op = SVDLinear()
-    data = LinearGMMProblems(gmm, dim_y=dim_y, num_items=items)
-    obs = op(collate([data[i] for i in range(items)]), BatchRNG.for_items(0, data.id_list, 0))
+    gmm, op, data, obs = gmm_problem(dim_y, items)
     return gmm, AnalyticPrior(gmm), op, obs, BatchRNG.for_items(0, data.id_list, 1)
 
 
 def _grf_problem(items=1, size=16):
-    field = matern_field(size=size)
-    op = PixelSubsample(shape=(1, size, size), sigma_noise=0.1)
-    data = PixelGRFProblems(field, num_obs=64, num_items=items)
-    obs = op(collate([data[i] for i in range(items)]), BatchRNG.for_items(0, data.id_list, 0))
+    field, op, data, obs = grf_problem(items, size, num_obs=64)
     return field, AnalyticPrior(field), op, obs, BatchRNG.for_items(0, data.id_list, 1)
 
 

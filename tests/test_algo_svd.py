@@ -15,30 +15,14 @@ from eval import ExactPosterior, dense_matrix, mixture_moments
 from inverse_problems.base import BaseOperator, Observation
 from inverse_problems.linear import PixelSubsample, SVDLinear
 from models.analytic import AnalyticPrior
-from training.exact import LinearGMMProblems, PixelGRFProblems
+from tests.registry import gmm_problem as _gmm_problem
+from tests.registry import grf_problem as _grf_problem
 from utils.compute import CountingNet, CountingOperator, Counts
-from utils.distributions import grid_gmm, matern_field
-from utils.results import collate
+from utils.distributions import grid_gmm
 from utils.rng import BatchRNG
 
 VE = {"num_steps": 100, "sigma_max": 100, "sigma_min": 0.01, "schedule": "sqrt", "timestep": "log"}
 ALGOS = {"ddrm": (DDRM, {"eta": 0.85, "eta_b": 1.0}), "ddnm": (DDNM, {"eta": 0.85, "L": 1})}
-
-
-def _gmm_problem(dim_y, items, dim=8):
-    gmm = grid_gmm(dim)
-    op = SVDLinear()
-    data = LinearGMMProblems(gmm, dim_y=dim_y, num_items=items)
-    obs = op(collate([data[i] for i in range(items)]), BatchRNG.for_items(0, data.id_list, 0))
-    return gmm, op, data, obs
-
-
-def _grf_problem(items, size=16):
-    field = matern_field(size=size)
-    op = PixelSubsample(shape=(1, size, size), sigma_noise=0.1)
-    data = PixelGRFProblems(field, num_obs=size * size // 64, num_items=items)
-    obs = op(collate([data[i] for i in range(items)]), BatchRNG.for_items(0, data.id_list, 0))
-    return field, op, data, obs
 
 
 def _solve(name, net, op, obs, n, steps=100, seed=1):
