@@ -423,6 +423,57 @@ def format_row(row: dict) -> str:
     return ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "id")
 
 
+class Scorecard:
+    """The per-item metric rows of a run: each result is scored once (evaluator, the fraction of
+    non-finite samples, an evaluator's poor-fit verdict, the algorithm's last data_fitting_loss)
+    and its compute columns added; ``write`` makes metrics.csv and summary.json."""
+
+    def __init__(self, config, exp_dir: Path, evaluator):
+        self.config, self.exp_dir, self.evaluator = config, exp_dir, evaluator
+        self.rows: dict[int, dict] = {}
+        self.metric_names: list[str] = []
+
+    def record(self, item_id: int) -> dict:
+        res = load_result(result_path(self.exp_dir, item_id))
+        values = self.evaluator(res["recon"], res.get("target"), res["observation"])
+        # The fraction of the item's samples with a NaN or inf: said loudly, never averaged away.
+        bad = ~torch.isfinite(res["recon"].flatten(1)).all(1)
+        values["nonfinite"] = float(bad.double().mean())
+        if bad.any():
+            log.warning(
+                f"item {item_id}: {int(bad.sum())} of {bad.numel()} samples are not finite "
+                "(the algorithm diverged); its metrics are not meaningful"
+            )
+        if values.get("poor_fit", 0) > 0:  # an evaluator's verdict: the data were not fitted
+            fit = [f"{k} {v:.3g}" for k, v in values.items() if "chi2" in k or "misfit" in k]
+            log.warning(
+                f"item {item_id}: POOR FIT -- the result does not fit its data "
+                f"({', '.join(fit)}); the image shows the prior more than the measurements"
+            )
+        if "data_fitting_loss" in res.get("compute", {}):  # reported by the algorithm's last step
+            values["data_fitting_loss"] = res["compute"]["data_fitting_loss"]
+        self.metric_names.extend(k for k in values if k not in self.metric_names)
+        row = self.rows[item_id] = {"id": item_id, **values, **res.get("compute", {})}
+        if self.config.wandb:
+            import wandb
+
+            wandb.log({f"item/{k}": v for k, v in row.items()})
+        return row
+
+    @property
+    def names(self) -> list[str]:
+        return [*self.metric_names, *COMPUTE_COLUMNS]
+
+    def ordered(self, ids) -> list[dict]:
+        return [self.rows[i] for i in ids if i in self.rows]
+
+    def write_csv(self, ids) -> None:
+        atomic_write_csv(self.exp_dir / "metrics.csv", self.ordered(ids), ["id", *self.names])
+
+    def summary(self, ids) -> dict:
+        return summarize(self.ordered(ids), self.names)
+
+
 def _run_items(
     config, exp_dir, folder, shard, device, forward_op, testset, algo, evaluator, counts
 ) -> dict:
@@ -445,41 +496,11 @@ def _run_items(
     if saved & set(mine):
         log.info(f"resuming: {len(saved & set(mine))} of {len(mine)} items already solved")
 
-    rows: dict[int, dict] = {}
-    metric_names: list[str] = []
-
-    def record(item_id: int) -> None:
-        res = load_result(result_path(exp_dir, item_id))
-        values = evaluator(res["recon"], res.get("target"), res["observation"])
-        # The fraction of the item's samples with a NaN or inf: said loudly, never averaged away.
-        bad = ~torch.isfinite(res["recon"].flatten(1)).all(1)
-        values["nonfinite"] = float(bad.double().mean())
-        if values.get("poor_fit", 0) > 0:  # an evaluator's verdict: the data were not fitted
-            fit = [f"{k} {v:.3g}" for k, v in values.items() if "chi2" in k or "misfit" in k]
-            log.warning(
-                f"item {item_id}: POOR FIT -- the result does not fit its data "
-                f"({', '.join(fit)}); the image shows the prior more than the measurements"
-            )
-        if "data_fitting_loss" in res.get("compute", {}):  # reported by the algorithm's last step
-            values["data_fitting_loss"] = res["compute"]["data_fitting_loss"]
-        if bad.any():
-            log.warning(
-                f"item {item_id}: {int(bad.sum())} of {bad.numel()} samples are not finite "
-                "(the algorithm diverged); its metrics are not meaningful"
-            )
-        metric_names.extend(k for k in values if k not in metric_names)
-        rows[item_id] = {"id": item_id, **values, **res.get("compute", {})}
-        if config.wandb:
-            import wandb
-
-            wandb.log({f"item/{k}": v for k, v in rows[item_id].items()})
-
-    columns = lambda: ["id", *metric_names, *COMPUTE_COLUMNS]  # noqa: E731
-    ordered = lambda: [rows[i] for i in all_ids if i in rows]  # noqa: E731
+    card = Scorecard(config, exp_dir, evaluator)
     bar = tqdm(total=len(mine), desc="items", disable=not config.progress, file=sys.stdout)
     for item_id in mine:
         if item_id in saved:
-            record(item_id)
+            card.record(item_id)
             bar.update(1)
     for start in range(0, len(todo), config.batch_size):
         batch = todo[start : start + config.batch_size]
@@ -487,47 +508,56 @@ def _run_items(
             config, forward_op, testset, algo, counts, batch, device
         ):
             save_result(result_path(exp_dir, item_id), obs, recon, target, compute, folder.fp)
-            record(item_id)
+            row = card.record(item_id)
             if config.figures:
                 item_figure(config, exp_dir, item_id, obs, recon, target, forward_op)
             bar.update(1)
-            log.info(f"item {item_id}: {format_row(rows[item_id])}")
+            log.info(f"item {item_id}: {format_row(row)}")
         if n == 1:  # progress for people watching; shards write the merged file at the end
-            atomic_write_csv(exp_dir / "metrics.csv", ordered(), columns())
+            card.write_csv(all_ids)
     bar.close()
+    return finish(config, exp_dir, folder, shard, all_ids, len(mine), card)
 
-    with folder.locked():  # the last shard to finish (or the only run) writes the merged record
+
+def finish(config, exp_dir, folder, shard, all_ids, num_mine: int, card: Scorecard) -> dict:
+    """The merged record, under the folder's lock: written by the last shard to finish (or the
+    only run) once every item has a result of this run's settings."""
+    k, n = shard
+    with folder.locked():
         found = folder.result_fingerprints(result_fingerprint)
         present = {i for i, f in found.items() if f == folder.fp}
         waiting = [i for i in all_ids if i not in present]
         if waiting:
             log.info(
-                f"shard {k}/{n} done ({len(mine)} items); {len(waiting)} of {len(all_ids)} "
+                f"shard {k}/{n} done ({num_mine} items); {len(waiting)} of {len(all_ids)} "
                 "items are still to come from other shards: the last one writes metrics.csv and "
                 "summary.json (or run again with inference=false)"
             )
-            return summarize(ordered(), [*metric_names, *COMPUTE_COLUMNS])
+            return card.summary(all_ids)
         for item_id in all_ids:
-            if item_id not in rows:
-                record(item_id)
-        summary = summarize(ordered(), [*metric_names, *COMPUTE_COLUMNS])
-        diverged = [r["id"] for r in ordered() if r.get("nonfinite", 0.0) > 0]
+            if item_id not in card.rows:
+                card.record(item_id)
+        summary = card.summary(all_ids)
+        diverged = [r["id"] for r in card.ordered(all_ids) if r.get("nonfinite", 0.0) > 0]
         if diverged:
-            log.warning(f"{len(diverged)} of {len(rows)} items have non-finite samples: {diverged}")
-        atomic_write_csv(exp_dir / "metrics.csv", ordered(), columns())
+            log.warning(
+                f"{len(diverged)} of {len(all_ids)} items have non-finite samples: {diverged}"
+            )
+        card.write_csv(all_ids)
         atomic_write_json(
             exp_dir / "summary.json",
-            {"num_items": len(rows), "compat": config.compat, "fingerprint": folder.fp, **summary},
+            {
+                "num_items": len(all_ids),
+                "compat": config.compat,
+                "fingerprint": folder.fp,
+                **summary,
+            },
         )
-    log.info(
-        "\n"
-        + summary_table(
-            summary,
-            [*metric_names, *COMPUTE_COLUMNS],
-            f"{config.problem.name} / {config.algorithm.name} (compat={config.compat}): "
-            f"{len(rows)} items, {config.num_samples} samples each",
-        )
+    title = (
+        f"{config.problem.name} / {config.algorithm.name} (compat={config.compat}): "
+        f"{len(all_ids)} items, {config.num_samples} samples each"
     )
+    log.info("\n" + summary_table(summary, card.names, title))
     if config.wandb:
         import wandb
 
