@@ -1,0 +1,178 @@
+"""The small benchmark in one command: every tuned (small problem, method) pair on its test items,
+then the leaderboard.
+
+    python scripts/small_benchmark.py [--problems inv-scatter-small,fwi-small] [--root DIR]
+                                      [--launcher local] [--items 0-1] [--exp-name NAME]
+                                      [--methods dps,fista_tv]
+                                      [--set ALG:KEY=VALUE ...] [--dry-run] [--no-figures]
+
+For each small problem (the CPU-size configs; ``--problems`` picks some) the methods are those with
+a tuned file ``configs/tuned/<problem>/<method>.yaml`` (main.py loads it by itself, the
+``optional tuned`` entry of configs/config.yaml) plus the problem's prior-free baselines
+(``BASELINES``), which run at their config defaults where no tuned file exists. Each problem is ONE
+Hydra multirun::
+
+    main.py -m problem=P pretrain=P algorithm=a,b,c exp_name=small-benchmark problem.exp_dir=ROOT/P
+
+(``hydra/launcher=local`` with ``--launcher local``: the joblib launcher, 2 jobs; pin
+OMP_NUM_THREADS), so every run lands in its own folder ``ROOT/P/<method>/small-benchmark/``, and
+a finished run is resumed, not redone (main.py's default). ``--items`` overrides the problem's
+``id_list`` (e.g. ``0`` for a quick pass). ``--set ALG:KEY=VALUE`` adds an override for one
+method only (e.g. ``dps:algorithm.method.diffusion_scheduler_config.num_steps=20``); methods with
+such overrides run in a multirun of their own, since Hydra applies a multirun's overrides to every
+job. Last, the leaderboard (inversebench.leaderboard) over ROOT: ``ROOT/leaderboard/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+#: the CPU-size problems (each has a prior of the same name in configs/pretrain)
+SMALL_PROBLEMS = (
+    "inv-scatter-small",
+    "blackhole-small",
+    "multi-coil-mri-small",
+    "navier-stokes-small",
+    "fwi-small",
+)
+#: each problem's prior-free baselines (the paper's classical methods), run with or without tuning
+BASELINES = {
+    "inv-scatter-small": ("fista_tv",),
+    "blackhole-small": ("ehtim_rml",),
+    "multi-coil-mri-small": ("cs_mri",),
+    "navier-stokes-small": ("eki",),
+    "fwi-small": ("adam", "lbfgs"),
+}
+DEFAULT_EXP_NAME = "small-benchmark"
+
+
+def methods(problem: str, config_dir: Path = ROOT / "configs") -> list[str]:
+    """The methods of ``problem``'s small benchmark: its tuned files' names plus its baselines,
+    sorted; refuses a problem without a config or a method without an algorithm config."""
+    if not (config_dir / "problem" / f"{problem}.yaml").is_file():
+        raise SystemExit(f"unknown problem {problem!r}: no configs/problem/{problem}.yaml")
+    tuned = {p.stem for p in (config_dir / "tuned" / problem).glob("*.yaml")}
+    names = sorted(tuned | set(BASELINES.get(problem, ())))
+    missing = [m for m in names if not (config_dir / "algorithm" / f"{m}.yaml").is_file()]
+    if missing:
+        raise SystemExit(f"{problem}: no configs/algorithm/<name>.yaml for {missing}")
+    return names
+
+
+def parse_sets(items: list[str]) -> dict[str, list[str]]:
+    """``['dps:a.b=1', ...]`` -> ``{'dps': ['a.b=1'], ...}``."""
+    out: dict[str, list[str]] = {}
+    for item in items:
+        alg, sep, override = item.partition(":")
+        if not sep or not alg or "=" not in override:
+            raise SystemExit(f"--set {item!r} is not ALG:KEY=VALUE")
+        out.setdefault(alg, []).append(override)
+    return out
+
+
+def commands(
+    problems: list[str],
+    root: str,
+    exp_name: str = DEFAULT_EXP_NAME,
+    items: str | None = None,
+    launcher: str | None = None,
+    sets: dict[str, list[str]] | None = None,
+    only: list[str] | None = None,
+    python: str = sys.executable,
+) -> list[list[str]]:
+    """The main.py multiruns: one per problem (more only where ``sets`` gives a method its own
+    overrides); ``only`` keeps just those methods (a problem left with none is skipped)."""
+    sets = sets or {}
+    every = {name for problem in problems for name in methods(problem)}
+    unknown = (set(sets) | set(only or ())) - every
+    if unknown:
+        raise SystemExit(f"--set/--methods name methods not in the benchmark: {sorted(unknown)}")
+    out = []
+    for problem in problems:
+        names = [m for m in methods(problem) if only is None or m in only]
+        common = [
+            f"problem={problem}",
+            f"pretrain={problem}",
+            f"exp_name={exp_name}",
+            f"problem.exp_dir={Path(root) / problem}",
+            f"hydra.sweep.dir=multirun/{exp_name}/{problem}",
+        ]
+        if items is not None:
+            common.append(f"problem.data.id_list='{items}'")  # quoted: a comma is no sweep
+        if launcher is not None:
+            common.append(f"hydra/launcher={launcher}")
+        groups: dict[tuple[str, ...], list[str]] = {}
+        for name in names:
+            groups.setdefault(tuple(sets.get(name, ())), []).append(name)
+        for extra, group in groups.items():
+            cmd = [python, str(ROOT / "main.py"), "-m", f"algorithm={','.join(group)}"]
+            cmd += common + list(extra)
+            if len(groups) > 1:  # distinct multirun records per group
+                cmd = [
+                    c if not c.startswith("hydra.sweep.dir=") else f"{c}/{'+'.join(group)}"
+                    for c in cmd
+                ]
+            out.append(cmd)
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--problems", default=",".join(SMALL_PROBLEMS), help="comma-separated")
+    p.add_argument(
+        "--root", default="exps/small-benchmark", help="results root (relative: to the repo)"
+    )
+    p.add_argument("--exp-name", default=DEFAULT_EXP_NAME, help="every run's exp_name")
+    p.add_argument("--methods", default=None, help="comma-separated subset of the methods")
+    p.add_argument("--items", default=None, help="id_list override (e.g. 0 or 0-1)")
+    p.add_argument("--launcher", default=None, help="hydra/launcher (e.g. local)")
+    p.add_argument("--set", action="append", default=[], metavar="ALG:KEY=VALUE")
+    p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    p.add_argument("--no-figures", action="store_true", help="leaderboard tables only")
+    args = p.parse_args(argv)
+    problems = [s.strip() for s in args.problems.split(",") if s.strip()]
+    unknown = [q for q in problems if q not in SMALL_PROBLEMS]
+    if unknown:
+        raise SystemExit(f"not small problems: {unknown} (choose from {list(SMALL_PROBLEMS)})")
+    only = None if args.methods is None else [m.strip() for m in args.methods.split(",")]
+    cmds = commands(
+        problems, args.root, args.exp_name, args.items, args.launcher, parse_sets(args.set), only
+    )
+    board = [sys.executable, str(ROOT / "scripts" / "leaderboard.py"), args.root]
+    if args.no_figures:
+        board.append("--no-figures")
+    if args.dry_run:
+        for cmd in [*cmds, board]:
+            print(shlex.join(cmd))
+        return 0
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", "1")
+    start = time.perf_counter()
+    failed = []
+    for cmd in cmds:
+        print("+", shlex.join(cmd), flush=True)
+        if subprocess.run(cmd, cwd=ROOT, env=env).returncode != 0:
+            failed.append(cmd)
+    print(f"benchmark runs: {time.perf_counter() - start:.1f} s wall", flush=True)
+    rc = subprocess.run(board, cwd=ROOT, env=env).returncode
+    if failed:
+        print(
+            f"{len(failed)} multirun(s) failed:",
+            *map(shlex.join, failed),
+            sep="\n",
+            file=sys.stderr,
+        )
+        return 1
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())
