@@ -30,6 +30,7 @@ def operator(case, compat):
 def test_reference_mode_gives_the_reference_forward_map_observation_and_loss(name):
     case = CASES[name]
     a = {k[len(name) + 1 :]: v for k, v in ARRAYS.items() if k.startswith(name + "_")}
+    assert a, name
     op = operator(case, "reference")
     x = torch.as_tensor(a["x"])
     y = op.forward(x)
@@ -60,3 +61,14 @@ def test_the_evaluator_reports_the_reference_key():
     x = torch.as_tensor(ARRAYS["adaptive64_y"])
     values = NavierStokes2d()(x * 1.1, x)
     assert values["relative l2"] == values["relative_l2"] == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("n", [1, 4])
+def test_the_evaluator_gives_the_reference_relative_l2(n):
+    """The reference's NavierStokes2d evaluator (mean over the item's samples)."""
+    from eval import NavierStokes2d
+
+    pred = torch.as_tensor(ARRAYS[f"eval{n}_pred"])
+    values = NavierStokes2d(compat="reference")(pred, torch.as_tensor(ARRAYS["eval_target"]))
+    # measured: 0 (same float64 arithmetic)
+    assert values["relative l2"] == pytest.approx(float(ARRAYS[f"eval{n}_relative_l2"]), rel=1e-12)
