@@ -338,19 +338,21 @@ def parse_shard(value) -> tuple[int, int]:
 
 
 def experiment_name(config) -> str:
-    """``exp_name``; for a trial of a sweep (a Hydra multirun, or a wandb sweep agent) left at
-    the default name, a name made from the trial's overrides, so that trials never share a folder
-    (``problem``, ``algorithm``, ``pretrain`` and run-only keys are left out of it)."""
+    """``exp_name``; for a trial of a sweep (a Hydra multirun, or a wandb sweep agent) a name made
+    from the trial's swept overrides (or the wandb run id), under ``exp_name`` when one is given,
+    so that trials never share a folder (``problem``, ``algorithm``, ``pretrain`` and run-only keys
+    are left out of it: their folders differ already)."""
     name = str(config.exp_name)
     if not name or name != name.strip() or Path(name).is_absolute() or ".." in Path(name).parts:
         raise ValueError(
             f"exp_name={name!r} must be a relative folder name inside the problem's exp_dir "
             "(no '..', not empty)"
         )
-    if name != "default" or not is_sweep_trial():
+    if not is_sweep_trial():
         return name
     if os.environ.get("WANDB_RUN_ID"):  # a wandb sweep agent's trial: the run's id
-        return f"sweep-{sanitize_name(os.environ['WANDB_RUN_ID'])}"
+        trial = f"sweep-{sanitize_name(os.environ['WANDB_RUN_ID'])}"
+        return trial if name == "default" else f"{name}/{trial}"
     from hydra.core.hydra_config import HydraConfig
 
     hydra_cfg = HydraConfig.get()
@@ -361,7 +363,10 @@ def experiment_name(config) -> str:
         key = o.split("=", 1)[0].lstrip("+~")
         if key not in skip and (swept is None or key in swept):
             overrides.append(o)
-    return sanitize_name(",".join(sorted(overrides))) or name
+    trial = sanitize_name(",".join(sorted(overrides)))
+    if not trial:
+        return name  # nothing swept but problem/algorithm: their folders already differ
+    return trial if name == "default" else f"{name}/{trial}"  # a named sweep: one folder each
 
 
 def swept_keys(hydra_cfg) -> set[str] | None:

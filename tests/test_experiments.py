@@ -143,6 +143,14 @@ def test_sweep_trials_get_folders_of_their_own(tmp_path):
     assert len(names) == 3 and all("algorithm.method.guidance_scale=" in n for n in names)
     for name in names:
         assert (tmp_path / "dps" / name / "summary.json").is_file()
+    # a named sweep: one folder per trial under the name
+    _main(
+        ["-m", *FAST, f"problem.exp_dir={tmp_path}", "problem.data.id_list=0", "exp_name=tuning",
+         "algorithm.method.guidance_scale=1,2", f"hydra.sweep.dir={tmp_path}/multirun2"],
+        tmp_path,
+    )  # fmt: skip
+    named = sorted(p.name for p in (tmp_path / "dps" / "tuning").iterdir())
+    assert named == ["algorithm.method.guidance_scale=1", "algorithm.method.guidance_scale=2"]
 
 
 def test_wandb_sweep_trials_are_named_from_the_run(config_factory, tmp_path, monkeypatch):
