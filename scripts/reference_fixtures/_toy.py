@@ -155,3 +155,21 @@ def record_draws(seed: int = 0):
 def draws_as_arrays(prefix: str, draws) -> dict[str, np.ndarray]:
     """``{prefix_draw_000: array, ...}`` for ``save``."""
     return {f"{prefix}_draw_{k:04d}": d.cpu().numpy() for k, d in enumerate(draws)}
+
+
+def save_scatter_case(args, case: str, meta: dict, out, y, x_true, spectrum, draws) -> None:
+    """One image-sized algorithm fixture (inverse scattering at 32²): the reference's output, its
+    observation and truth, the prior's spectrum and the recorded draws."""
+    from _common import save
+
+    save(
+        args.out / f"algo_scatter_{case}.npz",
+        args.reference,
+        meta,
+        x=out.numpy(),
+        y_obs=torch.view_as_real(y).numpy(),
+        x_true=x_true.numpy(),
+        spectrum=spectrum,
+        **draws_as_arrays(case, draws),
+    )
+    print(f"  scatter {case}: {len(draws)} draws, |x| = {float(out.norm()):.4f}", flush=True)

@@ -31,7 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import parse_args, save
-from _toy import ToyNet, draws_as_arrays, make_toy, record_draws, toy_operator
+from _toy import ToyNet, draws_as_arrays, make_toy, record_draws, save_scatter_case, toy_operator
 
 VP = {"schedule": "vp", "timestep": "vp", "scaling": "vp"}
 VE = {"sigma_max": 100, "sigma_min": 0.01, "schedule": "sqrt", "timestep": "log"}
@@ -309,17 +309,7 @@ def scatter(args) -> None:
             out = algo.inference(y, num_samples=1).detach()
         assert torch.isfinite(out).all(), case
         meta = {"algorithm": path, "config": kwargs, "seed": 100 + seed, **SCATTER, **SCATTER_UNITS}
-        save(
-            args.out / f"algo_scatter_{case}.npz",
-            args.reference,
-            meta,
-            x=out.numpy(),
-            y_obs=torch.view_as_real(y).numpy(),
-            x_true=x_true.numpy(),
-            spectrum=spectrum,
-            **draws_as_arrays(case, draws),
-        )
-        print(f"  scatter {case}: {len(draws)} draws, |x| = {float(out.norm()):.4f}", flush=True)
+        save_scatter_case(args, case, meta, out, y, x_true, spectrum, draws)
 
 
 def main() -> None:

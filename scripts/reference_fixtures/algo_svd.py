@@ -38,7 +38,16 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import parse_args, save
-from _toy import SHAPE, M, ToyNet, draws_as_arrays, make_toy, record_draws, toy_operator
+from _toy import (
+    SHAPE,
+    M,
+    ToyNet,
+    draws_as_arrays,
+    make_toy,
+    record_draws,
+    save_scatter_case,
+    toy_operator,
+)
 
 VE = {"sigma_max": 100, "sigma_min": 0.01, "schedule": "sqrt", "timestep": "log"}
 VP = {"schedule": "vp", "timestep": "vp", "scaling": "vp"}
@@ -270,17 +279,7 @@ def scatter(args) -> None:
             **SCATTER,
             **SCATTER_UNITS,
         }
-        save(
-            args.out / f"algo_scatter_{case}.npz",
-            args.reference,
-            meta,
-            x=out.numpy(),
-            y_obs=torch.view_as_real(y).numpy(),
-            x_true=x_true.numpy(),
-            spectrum=spectrum,
-            **draws_as_arrays(case, draws),
-        )
-        print(f"  scatter {case}: {len(draws)} draws, |x| = {float(out.norm()):.4f}", flush=True)
+        save_scatter_case(args, case, meta, out, y, x_true, spectrum, draws)
 
 
 def main() -> None:
