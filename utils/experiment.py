@@ -24,12 +24,14 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import time
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
 from utils.io import atomic_write_json, remove_dead_temporaries
+from utils.results import RUN_ONLY_KEYS
 
 FOLDER_FILE = "experiment.json"
 
@@ -194,3 +196,95 @@ def _ids(ids: list[int]) -> str:
 def settings_of(config) -> dict:
     """Plain dict of a DictConfig or dict."""
     return OmegaConf.to_container(config, resolve=True) if OmegaConf.is_config(config) else config
+
+
+# -- naming and splitting a run's folder ----------------------------------------------------
+def experiment_dir(config) -> Path:
+    """``<problem.exp_dir>/<algorithm.name>/<experiment name>``."""
+    return Path(config.problem.exp_dir) / config.algorithm.name / experiment_name(config)
+
+
+def parse_shard(value) -> tuple[int, int]:
+    """``shard=k/n`` (1 <= k <= n): this process solves items k, k+n, k+2n, ... of the test set
+    (positions, 1-based); ``None`` is ``1/1``."""
+    if value in (None, "", "1/1"):
+        return 1, 1
+    try:
+        k, n = (int(part) for part in str(value).split("/"))
+    except ValueError:
+        k = n = 0
+    if not 1 <= k <= n:
+        raise ValueError(
+            f"shard={value!r} is not k/n with 1 <= k <= n (e.g. shard=2/4: the second of four "
+            "processes that share one experiment's items)"
+        )
+    return k, n
+
+
+def experiment_name(config) -> str:
+    """``exp_name``; for a trial of a sweep (a Hydra multirun, or a wandb sweep agent) a name made
+    from the trial's swept overrides (or the wandb run id), under ``exp_name`` when one is given,
+    so that trials never share a folder (``problem``, ``algorithm``, ``pretrain`` and run-only keys
+    are left out of it: their folders differ already)."""
+    name = str(config.exp_name)
+    if not name or name != name.strip() or Path(name).is_absolute() or ".." in Path(name).parts:
+        raise ValueError(
+            f"exp_name={name!r} must be a relative folder name inside the problem's exp_dir "
+            "(no '..', not empty)"
+        )
+    if not is_sweep_trial():
+        return name
+    if os.environ.get("WANDB_RUN_ID"):  # a wandb sweep agent's trial: the run's id
+        trial = f"sweep-{sanitize_name(os.environ['WANDB_RUN_ID'])}"
+        return trial if name == "default" else f"{name}/{trial}"
+    from hydra.core.hydra_config import HydraConfig
+
+    hydra_cfg = HydraConfig.get()
+    swept = swept_keys(hydra_cfg)
+    skip = {"problem", "algorithm", "pretrain", "exp_name", *RUN_ONLY_KEYS}
+    overrides = []
+    for o in hydra_cfg.overrides.task:
+        key = o.split("=", 1)[0].lstrip("+~")
+        if key not in skip and (swept is None or key in swept):
+            overrides.append(o)
+    trial = sanitize_name(",".join(sorted(overrides)))
+    if not trial:
+        return name  # nothing swept but problem/algorithm: their folders already differ
+    return trial if name == "default" else f"{name}/{trial}"  # a named sweep: one folder each
+
+
+def swept_keys(hydra_cfg) -> set[str] | None:
+    """The keys a multirun sweeps over: those given several values on its command line (read
+    from the sweep's ``multirun.yaml``) and those of a sweeper's search space (e.g. Optuna's
+    ``hydra.sweeper.params``); None when the sweep's record cannot be read."""
+    keys = set((hydra_cfg.get("sweeper") or {}).get("params") or {})
+    record = Path(hydra_cfg.sweep.dir) / "multirun.yaml"
+    try:
+        task = OmegaConf.load(record).hydra.overrides.task
+    except Exception:  # another launcher's layout: name the folder from every override
+        return None
+    sweep_syntax = re.compile(r",|^(range|choice|interval|glob|tag|sort|shuffle)\(")
+    for o in task:
+        key, _, value = o.partition("=")
+        if sweep_syntax.search(value):
+            keys.add(key.lstrip("+~"))
+    return keys
+
+
+def is_sweep_trial() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if os.environ.get("WANDB_SWEEP_ID"):
+        return True
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def sanitize_name(text: str, limit: int = 120) -> str:
+    """A folder name from override text: path separators and odd characters become '_'; long
+    names keep a readable head and a hash of the whole."""
+    clean = re.sub(r"[^A-Za-z0-9._=,+-]", "_", text)
+    if len(clean) > limit:
+        digest = hashlib.sha256(text.encode()).hexdigest()[:10]
+        clean = f"{clean[: limit - 11]}-{digest}"
+    return clean
