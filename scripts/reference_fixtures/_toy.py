@@ -173,3 +173,20 @@ def save_scatter_case(args, case: str, meta: dict, out, y, x_true, spectrum, dra
         **draws_as_arrays(case, draws),
     )
     print(f"  scatter {case}: {len(draws)} draws, |x| = {float(out.norm()):.4f}", flush=True)
+
+
+def save_toy_case(args, case: str, meta: dict, out, obs, arrays: dict, draws) -> None:
+    """One toy-problem algorithm fixture: the reference's output, the observation, the problem's
+    arrays and the recorded draws."""
+    from _common import save
+
+    save(
+        args.out / f"algo_{case}.npz",
+        args.reference,
+        meta,
+        x=out.numpy(),
+        y_obs=obs.numpy(),
+        **dict(arrays),
+        **draws_as_arrays(case, draws),
+    )
+    print(f"  {case}: {len(draws)} draws, |x| = {float(out.norm()):.4f}", flush=True)

@@ -30,8 +30,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import parse_args, save
-from _toy import ToyNet, draws_as_arrays, make_toy, record_draws, save_scatter_case, toy_operator
+from _common import parse_args
+from _toy import ToyNet, make_toy, record_draws, save_scatter_case, save_toy_case, toy_operator
 
 VP = {"schedule": "vp", "timestep": "vp", "scaling": "vp"}
 VE = {"sigma_max": 100, "sigma_min": 0.01, "schedule": "sqrt", "timestep": "log"}
@@ -333,16 +333,7 @@ def main() -> None:
         out = out.detach()
         assert torch.isfinite(out).all(), case
         meta = {"algorithm": path, "config": kwargs, "unnorm_scale": unnorm_scale, "seed": seed}
-        save(
-            args.out / f"algo_{case}.npz",
-            args.reference,
-            meta,
-            x=out.numpy(),
-            y_obs=obs.numpy(),
-            **{k: v for k, v in arrays.items()},
-            **draws_as_arrays(case, draws),
-        )
-        print(f"  {case}: {len(draws)} draws, |x| = {float(out.norm()):.4f}", flush=True)
+        save_toy_case(args, case, meta, out, obs, arrays, draws)
 
 
 if __name__ == "__main__":

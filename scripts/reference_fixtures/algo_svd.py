@@ -37,15 +37,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import parse_args, save
+from _common import parse_args
 from _toy import (
     SHAPE,
     M,
     ToyNet,
-    draws_as_arrays,
     make_toy,
     record_draws,
     save_scatter_case,
+    save_toy_case,
     toy_operator,
 )
 
@@ -305,16 +305,7 @@ def main() -> None:
             "seed": 100 + seed,
             "s_pad": S_PAD,
         }
-        save(
-            args.out / f"algo_{case}.npz",
-            args.reference,
-            meta,
-            x=out.numpy(),
-            y_obs=obs.numpy(),
-            **{k: v for k, v in arrays.items()},
-            **draws_as_arrays(case, draws),
-        )
-        print(f"  {case}: {len(draws)} draws, |x| = {float(out.norm()):.4f}", flush=True)
+        save_toy_case(args, case, meta, out, obs, arrays, draws)
 
 
 if __name__ == "__main__":
