@@ -58,6 +58,9 @@ from utils.scheduler import Scheduler
 
 
 class DiffPIR(Algo):
+    #: the needs of the default mode (linear=False); __init__ sets the instance's per mode
+    requires = frozenset({"gradient"})
+
     def __init__(
         self,
         net,

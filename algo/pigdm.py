@@ -66,6 +66,9 @@ SIGMA_Y_FLOOR = 1e-4
 
 
 class PiGDM(Algo):
+    #: the needs of the default mode (noisy=True); __init__ sets the instance's per mode
+    requires = frozenset({"linear", "svd"})
+
     def __init__(
         self,
         net,

@@ -26,6 +26,7 @@ job. Last, the leaderboard (inversebench.leaderboard) over ROOT: ``ROOT/leaderbo
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import shlex
 import subprocess
@@ -33,7 +34,10 @@ import sys
 import time
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the algorithm and operator classes (for --check)
 
 #: the CPU-size problems (each has a prior of the same name in configs/pretrain)
 SMALL_PROBLEMS = (
@@ -52,6 +56,75 @@ BASELINES = {
     "fwi-small": ("adam", "lbfgs"),
 }
 DEFAULT_EXP_NAME = "small-benchmark"
+#: the diffusion-prior solvers compared: the paper's 14 (DDRM, DDNM, PiGDM, DPS, LGD, DPG, SCG,
+#: EnKG, DiffPIR, PnP-DM, DAPS, RED-diff, FPS, MCG-diff) and the reference's later DDSMC and DPS-GSG
+DIFFUSION_METHODS = (
+    "ddrm", "ddnm", "pigdm", "dps", "lgd", "dpg", "scg", "enkg", "diffpir", "pnpdm", "daps",
+    "reddiff", "fps", "mcgdiff", "ddsmc", "dps_gsg",
+)  # fmt: skip
+#: applicable (problem, method) pairs left out on purpose, each with its measured reason
+EXCLUDED: dict[tuple[str, str], str] = {}
+
+
+def _target_class(target: str):
+    module, _, name = str(target).rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+def capabilities(problem: str, config_dir: Path = ROOT / "configs") -> frozenset[str]:
+    """What the problem's operator offers (its class's ``capabilities_for`` the model config)."""
+    model = OmegaConf.load(config_dir / "problem" / f"{problem}.yaml").model
+    return frozenset(_target_class(model._target_).capabilities_for(model))
+
+
+def requirements(method: str, config_dir: Path = ROOT / "configs") -> frozenset[str]:
+    """What the method's default mode needs from an operator (its class's ``requires``)."""
+    target = OmegaConf.load(config_dir / "algorithm" / f"{method}.yaml").method._target_
+    return frozenset(_target_class(target).requires)
+
+
+def coverage(problem: str, config_dir: Path = ROOT / "configs") -> dict[str, list[str]]:
+    """The problem's diffusion methods: ``applicable`` (the operator offers what they need),
+    ``tuned`` (a file in configs/tuned/<problem>/), ``excluded`` (EXCLUDED) and ``missing``
+    (applicable, neither tuned nor excluded: the benchmark would run them untuned)."""
+    caps = capabilities(problem, config_dir)
+    applicable = [m for m in DIFFUSION_METHODS if requirements(m, config_dir) <= caps]
+    tuned = {p.stem for p in (config_dir / "tuned" / problem).glob("*.yaml")}
+    excluded = [m for m in applicable if (problem, m) in EXCLUDED]
+    missing = [m for m in applicable if m not in tuned and m not in excluded]
+    return {
+        "applicable": applicable,
+        "tuned": sorted(tuned),
+        "excluded": excluded,
+        "missing": missing,
+    }
+
+
+def check(problems: list[str], config_dir: Path = ROOT / "configs") -> int:
+    """Print which diffusion methods apply to each problem and which are tuned; 1 if any
+    applicable method is neither tuned nor excluded."""
+    bad = 0
+    for problem in problems:
+        c = coverage(problem, config_dir)
+        print(f"{problem}: operator offers {sorted(capabilities(problem, config_dir))}")
+        print(f"  applicable ({len(c['applicable'])}): {', '.join(c['applicable'])}")
+        for m in c["excluded"]:
+            print(f"  excluded {m}: {EXCLUDED[(problem, m)]}")
+        if c["missing"]:
+            bad = 1
+            print(f"  NOT TUNED: {', '.join(c['missing'])}")
+    return bad
+
+
+def recorded_seconds(root: Path) -> dict[str, tuple[int, float]]:
+    """Per problem under ``root``: (runs, solve seconds the runs recorded: s/item x items)."""
+    from inversebench.leaderboard import collect_runs
+
+    out: dict[str, tuple[int, float]] = {}
+    for run in collect_runs(root)[0]:
+        n, total = out.get(run.problem, (0, 0.0))
+        out[run.problem] = (n + 1, total + float(run.summary.get("seconds", 0.0)) * run.num_items)
+    return out
 
 
 def methods(problem: str, config_dir: Path = ROOT / "configs") -> list[str]:
@@ -136,12 +209,19 @@ def main(argv=None) -> int:
     p.add_argument("--launcher", default=None, help="hydra/launcher (e.g. local)")
     p.add_argument("--set", action="append", default=[], metavar="ALG:KEY=VALUE")
     p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="list applicable / tuned methods per problem, run nothing",
+    )
     p.add_argument("--no-figures", action="store_true", help="leaderboard tables only")
     args = p.parse_args(argv)
     problems = [s.strip() for s in args.problems.split(",") if s.strip()]
     unknown = [q for q in problems if q not in SMALL_PROBLEMS]
     if unknown:
         raise SystemExit(f"not small problems: {unknown} (choose from {list(SMALL_PROBLEMS)})")
+    if args.check:
+        return check(problems)
     only = None if args.methods is None else [m.strip() for m in args.methods.split(",")]
     cmds = commands(
         problems, args.root, args.exp_name, args.items, args.launcher, parse_sets(args.set), only
@@ -163,6 +243,9 @@ def main(argv=None) -> int:
             failed.append(cmd)
     print(f"benchmark runs: {time.perf_counter() - start:.1f} s wall", flush=True)
     rc = subprocess.run(board, cwd=ROOT, env=env).returncode
+    root = Path(args.root) if Path(args.root).is_absolute() else ROOT / args.root
+    for problem, (n, total) in sorted(recorded_seconds(root).items()):
+        print(f"{problem}: {n} runs, {total:.0f} s of solving recorded (s/item x items)")
     if failed:
         print(
             f"{len(failed)} multirun(s) failed:",

@@ -93,3 +93,26 @@ def test_tiny_real_run(tmp_path):
     board = (root / "leaderboard" / "leaderboard.md").read_text()
     assert "fista_tv [pytest-small-benchmark]" in board
     assert "dps [pytest-small-benchmark]" in board
+    assert "inv-scatter-small: 2 runs" in proc.stdout  # the recorded solve time per problem
+
+
+def test_applicability_follows_capabilities():
+    """A method applies where the operator offers what its class requires: the SVD methods only on
+    inverse scattering, the gradient methods everywhere but nowhere without a gradient, the
+    derivative-free ones everywhere."""
+    scatter = set(sb.coverage("inv-scatter-small")["applicable"])
+    assert scatter == set(sb.DIFFUSION_METHODS)
+    for problem in ("blackhole-small", "multi-coil-mri-small", "fwi-small", "navier-stokes-small"):
+        got = set(sb.coverage(problem)["applicable"])
+        assert not got & {"ddrm", "ddnm", "pigdm", "fps", "mcgdiff", "ddsmc"}, problem
+        assert {"dps", "daps", "enkg", "dpg", "scg"} <= got, problem
+    assert sb.requirements("pigdm") == {"linear", "svd"}  # the default noisy mode
+
+
+def test_every_applicable_pair_is_tuned():
+    """The benchmark's promise: each applicable (small problem, diffusion method) pair runs with
+    settings tuned for it (configs/tuned/<problem>/<method>.yaml), or is excluded with a reason."""
+    for problem in sb.SMALL_PROBLEMS:
+        assert sb.coverage(problem)["missing"] == [], problem
+    for (problem, method), reason in sb.EXCLUDED.items():
+        assert method in sb.coverage(problem)["applicable"] and len(reason) > 20, (problem, method)
