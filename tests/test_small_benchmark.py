@@ -40,7 +40,10 @@ def test_dry_run_commands(capsys):
         assert args["exp_name"] == sb.DEFAULT_EXP_NAME
         assert args["problem.exp_dir"] == f"res/{problem}"  # distinct folders per problem
         assert args["hydra/launcher"] == "local"
-        assert "problem.data.id_list" not in args  # the problem's own test items
+        if problem in sb.TEST_ITEMS:  # a cut for the costly problems
+            assert args["problem.data.id_list"] == f"'{sb.TEST_ITEMS[problem]}'"
+        else:
+            assert "problem.data.id_list" not in args  # the problem's own test items
     assert all(cmd[2] == "-m" and cmd[1].endswith("main.py") for cmd in runs)
     assert {"daps", "dps", "fista_tv", "reddiff"} <= set(
         per["inv-scatter-small"][0]["algorithm"].split(",")
