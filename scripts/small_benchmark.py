@@ -180,7 +180,8 @@ def commands(
             f"pretrain={problem}",
             f"exp_name={exp_name}",
             f"problem.exp_dir={Path(root) / problem}",
-            f"hydra.sweep.dir=multirun/{exp_name}/{problem}",
+            # Hydra's record of the multirun (multirun.yaml): one per invocation, never overwritten
+            f"hydra.sweep.dir=multirun/{exp_name}/{problem}/${{now:%Y-%m-%d_%H-%M-%S}}",
         ]
         ids = items if items is not None else TEST_ITEMS.get(problem)
         if ids is not None:
