@@ -247,7 +247,8 @@ def test_write_leaderboard_files_and_figures(results, tmp_path, capsys):
 def test_real_runs_of_inverse_scatter_small(config_factory, tmp_path):
     """Two tiny real runs (main.run: FISTA-TV in both compat modes, two items): the tables hold
     their summary.json values, and the grid and per-item figures draw from their results."""
-    from inversebench.leaderboard import item_figures, write_leaderboard
+    from inversebench.leaderboard import write_leaderboard
+    from inversebench.leaderboard_figures import item_figures
     from main import run
 
     root = tmp_path / "exps"
@@ -279,7 +280,7 @@ def test_real_runs_of_inverse_scatter_small(config_factory, tmp_path):
 
 def test_grid_without_targets(tmp_path):
     """Runs on measured data (results without ``target``): the grid has no target column."""
-    from inversebench.leaderboard import grid_figure
+    from inversebench.leaderboard_figures import grid_figure
 
     root = tmp_path / "inference"
     for algorithm in ("dps", "daps"):
